@@ -1,0 +1,5 @@
+import sys
+
+from nestlearn.cli import main
+
+sys.exit(main())

@@ -1,0 +1,221 @@
+"""The ``nestlearn`` command: train | eval | generate | demo | info.
+
+User errors (a bad config value, a missing file, a corrupt checkpoint) print one line starting with
+``error:`` and exit with status 2; there is no traceback for them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from nestlearn.errors import NestlearnError
+
+# The main job: a byte-level Transformer++ on the built-in corpus, sized to finish in a few minutes
+# on 2 CPU cores (docs/performance.md has the measured speed).
+DEMO_CONFIG = {
+    "model": {"family": "transformer", "d_model": 128, "n_layers": 4, "n_heads": 4, "max_seq_len": 128},
+    "data": {"source": "kjv", "tokenizer": "byte"},
+    "optim": {"name": "adamw", "lr": 3e-3, "betas": [0.9, 0.95], "weight_decay": 0.1},
+    "train": {"steps": 400, "batch_size": 32, "seq_len": 128, "warmup_steps": 50, "eval_every": 100,
+              "eval_tokens": 32768, "ckpt_every": 100, "log_every": 10, "out_dir": "runs/demo"},
+}
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="FILE.yaml", help="run config (sections model, data, optim, train)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field, e.g. --set model.d_model=128 (repeatable)")
+    p.add_argument("--data", metavar="PATH", help="shortcut for --set data.source=PATH ('kjv', a file or folder, hf:NAME)")
+    p.add_argument("--out", metavar="DIR", help="shortcut for --set train.out_dir=DIR")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _shortcuts(args: argparse.Namespace) -> list[str]:
+    extra = []
+    if args.data:
+        extra.append(f"data.source={args.data}")
+    if args.out:
+        extra.append(f"train.out_dir={args.out}")
+    return extra + args.overrides
+
+
+def _print_start(cfg, out: Path) -> None:
+    from nestlearn.config import to_dict
+
+    defaults = type(cfg.model)()
+    changed = {k: v for k, v in to_dict(cfg.model).items() if getattr(defaults, k) != v}
+    print(f"nestlearn: {cfg.model.family} {json.dumps(changed)} -> {out}", file=sys.stderr)
+
+
+def _train(cfg, resume, allow, progress) -> dict:
+    from nestlearn.train import Trainer
+
+    trainer = Trainer(cfg, resume=resume, allow_config_change=allow, progress=progress)
+    _print_start(trainer.cfg, trainer.out)
+    try:
+        return trainer.run()
+    except KeyboardInterrupt:
+        print(f"\ninterrupted at step {trainer.step}; checkpoint saved. Continue with: "
+              f"nestlearn train --resume {trainer.out}", file=sys.stderr)
+        raise SystemExit(130) from None
+
+
+def _print_result(result: dict, out: Path) -> None:
+    val = result.get("val", {})
+    if "bpb" in val:
+        print(f"step {result['step']}/{result['steps']}: validation {val['bpb']:.4f} bits per byte")
+    if "sample" in result:
+        print("--- sample ---\n" + result["sample"] + "\n--------------")
+    if (out / "report.md").exists():
+        print(f"report: {out / 'report.md'}")
+    elif result["step"] < result["steps"]:
+        print(f"stopped at step {result['step']}; continue with: nestlearn train --resume {out}")
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from nestlearn.train.checkpoint import load_checkpoint
+    from nestlearn.train.config import load_run_config
+
+    base = None
+    overrides = _shortcuts(args)
+    if args.resume and not args.config:
+        _, meta = load_checkpoint(args.resume)
+        base = meta["config"]
+        resume_dir = Path(args.resume) if Path(args.resume).is_dir() else Path(args.resume).parent
+        # stop_at belongs to the invocation that set it, not to the run.
+        overrides = [f"train.out_dir={resume_dir}", "train.stop_at=0"] + overrides
+    cfg = load_run_config(args.config, overrides, base=base)
+    result = _train(cfg, args.resume, args.allow_config_change, not args.no_progress)
+    _print_result(result, Path(cfg.train.out_dir))
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    import copy
+
+    from nestlearn.train.config import load_run_config
+
+    base = copy.deepcopy(DEMO_CONFIG)
+    overrides = _shortcuts(args)
+    cfg = load_run_config(args.config, overrides, base=base)
+    out = Path(cfg.train.out_dir)
+    if (out / "checkpoint.safetensors").exists():
+        import shutil
+
+        # The demo is a fresh run every time; a real run would be resumed instead.
+        shutil.rmtree(out)
+    print(f"nestlearn demo: training a {cfg.model.n_layers}-layer Transformer++ on the King James Bible "
+          f"(bytes) for {cfg.train.steps} steps", file=sys.stderr)
+    result = _train(cfg, None, False, not args.no_progress)
+    _print_result(result, out)
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from nestlearn.data.corpus import DataConfig, load_corpus
+    from nestlearn.eval.lm import evaluate_bpb
+    from nestlearn.train.trainer import load_model
+
+    model, tokenizer, meta = load_model(args.checkpoint, args.device)
+    data = dict(meta["config"]["data"])
+    if args.data:
+        data["source"] = args.data
+    from nestlearn.config import from_dict
+
+    corpus = load_corpus(from_dict(DataConfig, data, prefix="data"))
+    ids = torch.from_numpy(tokenizer.encode(corpus.split(args.split)))
+    seq_len = args.seq_len or meta["config"]["train"]["seq_len"]
+    if model.config.bounded_context and seq_len > model.config.max_seq_len:
+        raise NestlearnError(f"--seq-len {seq_len} exceeds model.max_seq_len={model.config.max_seq_len}")
+    res = evaluate_bpb(model, ids, torch.from_numpy(tokenizer.token_bytes), seq_len, args.batch_size)
+    res.update(split=args.split, checkpoint=str(args.checkpoint), step=meta["step"], seq_len=seq_len)
+    print(json.dumps(res) if args.json else f"{args.split}: {res['bpb']:.4f} bits per byte "
+          f"({res['tokens']:,} tokens, {res['bytes']:,} bytes, step {meta['step']})")
+
+
+def cmd_generate(args: argparse.Namespace) -> None:
+    from nestlearn.train.trainer import load_model
+
+    model, tokenizer, _ = load_model(args.checkpoint, args.device)
+    prompt = torch.from_numpy(tokenizer.encode(args.prompt.encode("utf-8")))[None].to(args.device)
+    if prompt.shape[1] == 0:
+        raise NestlearnError("--prompt must not be empty")
+    gen = torch.Generator(device=args.device).manual_seed(args.seed)
+    ids, _ = model.generate(prompt, args.tokens, args.temperature, args.top_k, gen)
+    print(tokenizer.decode(ids[0].tolist()))
+
+
+def cmd_info(args: argparse.Namespace) -> None:
+    import nestlearn
+    from nestlearn.models.lm import families
+
+    if args.checkpoint:
+        from nestlearn.train.checkpoint import load_checkpoint
+
+        tensors, meta = load_checkpoint(args.checkpoint)
+        meta.pop("optimizer", None)
+        meta.pop("tokenizer_json", None)
+        meta.pop("rng", None)
+        print(json.dumps(meta, indent=1))
+        return
+    print(f"nestlearn {nestlearn.__version__}, torch {torch.__version__}, {torch.get_num_threads()} CPU threads, "
+          f"CUDA {'available' if torch.cuda.is_available() else 'not available'}")
+    print("model families: " + ", ".join(sorted(families())))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nestlearn", description="Nested Learning models: train, evaluate, generate.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a model from a config")
+    _add_config_args(p)
+    p.add_argument("--resume", metavar="RUN", help="continue a run from its folder or checkpoint")
+    p.add_argument("--allow-config-change", action="store_true",
+                   help="resume even if the config differs from the checkpoint's (recorded in the metadata)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("demo", help="the main job: train a small model on the built-in corpus, evaluate, sample")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("eval", help="bits per byte of a checkpoint on a split")
+    p.add_argument("checkpoint", help="run folder or checkpoint file")
+    p.add_argument("--split", default="validation", choices=("train", "validation", "test"))
+    p.add_argument("--data", help="evaluate on another corpus (default: the one it was trained on)")
+    p.add_argument("--seq-len", type=int, default=0, help="window length (default: the training length)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("generate", help="sample text from a checkpoint")
+    p.add_argument("checkpoint", help="run folder or checkpoint file")
+    p.add_argument("--prompt", default="And God said")
+    p.add_argument("--tokens", type=int, default=200)
+    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("info", help="environment and model families, or a checkpoint's metadata")
+    p.add_argument("checkpoint", nargs="?", help="run folder or checkpoint file")
+    p.set_defaults(func=cmd_info)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except NestlearnError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,5 @@
+"""Evaluation."""
+
+from nestlearn.eval.lm import evaluate_bpb
+
+__all__ = ["evaluate_bpb"]

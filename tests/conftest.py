@@ -1,0 +1,36 @@
+"""Test setup: nothing may reach the network (data.md §7)."""
+
+import os
+
+for _var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+    os.environ[_var] = "1"
+
+import socket  # noqa: E402
+
+import pytest  # noqa: E402
+
+_LOOPBACK = ("127.", "::1", "localhost")
+
+
+@pytest.fixture(autouse=True)
+def _no_network(monkeypatch):
+    """Connections to anything but loopback fail at once with a clear message."""
+    real_connect = socket.socket.connect
+
+    def guarded(sock, address):
+        host = address[0] if isinstance(address, tuple) else str(address)
+        if isinstance(host, str) and not host.startswith(_LOOPBACK) and sock.family != socket.AF_UNIX:
+            raise RuntimeError(f"test tried to reach the network ({host}); tests must run offline")
+        return real_connect(sock, address)
+
+    monkeypatch.setattr(socket.socket, "connect", guarded)
+
+
+@pytest.fixture
+def tiny_text(tmp_path):
+    """A small local corpus: the first 60 KB of the KJV train split."""
+    from nestlearn.data.kjv import kjv_splits
+
+    path = tmp_path / "tiny.txt"
+    path.write_bytes(kjv_splits()["train"][:60_000])
+    return path
