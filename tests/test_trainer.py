@@ -28,14 +28,16 @@ def test_lr_schedule_warms_up_then_decays_to_the_floor():
     assert lr_factor(100, 100, 10, 0.1) == pytest.approx(0.1)
 
 
-def test_resume_is_bit_identical(tmp_path, tiny_text):
+@pytest.mark.parametrize("optim", ["adamw", "m3", "muon", "dmgd"])
+def test_resume_is_bit_identical(tmp_path, tiny_text, optim):
+    opt = [f"optim.name={optim}", "optim.slow_period=2"]
     straight = tmp_path / "straight"
-    Trainer(config(straight, tiny_text), progress=False).run()
+    Trainer(config(straight, tiny_text, *opt), progress=False).run()
     halves = tmp_path / "halves"
-    Trainer(config(halves, tiny_text, "train.stop_at=3"), progress=False).run()
+    Trainer(config(halves, tiny_text, "train.stop_at=3", *opt), progress=False).run()
     first = losses(halves / "run")
     assert len(first) == 3
-    Trainer(config(halves, tiny_text), resume=halves / "run", progress=False).run()
+    Trainer(config(halves, tiny_text, *opt), resume=halves / "run", progress=False).run()
     a, b = losses(straight / "run"), losses(halves / "run")
     assert len(a) == 8 and a == b, "N steps straight and N/2 + resume + N/2 must give the same losses bit for bit"
     model_a, _, _ = load_model(straight / "run")

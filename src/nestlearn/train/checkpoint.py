@@ -38,6 +38,8 @@ def flatten(obj: Any, prefix: str, tensors: dict[str, torch.Tensor]) -> Any:
     if isinstance(obj, (list, tuple)):
         return {"__list__" if isinstance(obj, list) else "__tuple__":
                 [flatten(v, f"{prefix}/{i}", tensors) for i, v in enumerate(obj)]}
+    if isinstance(obj, torch.dtype):
+        return {"__dtype__": str(obj).removeprefix("torch.")}
     if obj is None or isinstance(obj, (bool, int, float, str)):
         return obj
     raise TypeError(f"cannot store {type(obj).__name__} at {prefix} in a checkpoint")
@@ -57,6 +59,11 @@ def unflatten(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
             return [unflatten(v, tensors) for v in obj["__list__"]]
         if "__tuple__" in obj:
             return tuple(unflatten(v, tensors) for v in obj["__tuple__"])
+        if "__dtype__" in obj:
+            dtype = getattr(torch, obj["__dtype__"], None)
+            if not isinstance(dtype, torch.dtype):
+                raise CheckpointError(f"checkpoint names an unknown dtype {obj['__dtype__']!r}")
+            return dtype
     return obj
 
 
