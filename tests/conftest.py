@@ -8,6 +8,7 @@ for _var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
 import socket  # noqa: E402
 
 import pytest  # noqa: E402
+import torch  # noqa: E402
 
 _LOOPBACK = ("127.", "::1", "localhost")
 
@@ -24,6 +25,15 @@ def _no_network(monkeypatch):
         return real_connect(sock, address)
 
     monkeypatch.setattr(socket.socket, "connect", guarded)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Test models are tiny: a second intra-op thread only adds contention on a 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture

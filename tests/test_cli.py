@@ -3,7 +3,6 @@
 import json
 
 import pytest
-from safetensors.torch import save_file
 import torch
 
 from nestlearn.cli import main

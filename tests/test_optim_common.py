@@ -40,13 +40,6 @@ def _make(name: str, model: nn.Module, problem: int) -> torch.optim.Optimizer:
     return FACTORIES[name](model, LRS[name][problem])
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny matrices: extra intra-op threads only add contention on a shared 2-core machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 class _L2Normalize(nn.Module):

@@ -12,13 +12,6 @@ from nestlearn.errors import ConfigError
 from nestlearn.optim import DGD
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Small matrices: extra intra-op threads only add contention on a shared 2-core machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _layer(d_in=5, d_out=3, seed=0, bias=False):

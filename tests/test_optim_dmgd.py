@@ -13,13 +13,6 @@ from nestlearn.optim import DMGD, newton_schulz
 from nestlearn.optim.dmgd import memory_grads, memory_read
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Small matrices: extra intra-op threads only add contention on a shared 2-core machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _grad(shape=(6, 9), seed=0):

@@ -12,13 +12,6 @@ from nestlearn.optim import M3, newton_schulz
 BETAS = (0.9, 0.999, 0.9)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Small matrices: extra intra-op threads only add contention on a shared 2-core machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _grads(n, shape=(6, 10), seed=0, scale=1.0):

@@ -10,13 +10,6 @@ from nestlearn.errors import ConfigError
 from nestlearn.optim import DeltaMomentum, PreconditionedMomentum
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Small matrices: extra intra-op threads only add contention on a shared 2-core machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _grads(n, shape=(5, 7), seed=0):

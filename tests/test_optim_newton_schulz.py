@@ -10,13 +10,6 @@ from nestlearn.optim import CUBIC_COEFFICIENTS, newton_schulz
 from nestlearn.optim.newton_schulz import validate_ns_args
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Small matrices: extra intra-op threads only add contention on a shared 2-core machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _singular_values(shape: tuple[int, int], seed: int) -> torch.Tensor:

@@ -177,6 +177,10 @@ class CausalLM(nn.Module):
             if getattr(module, "bias", None) is not None:
                 nn.init.zeros_(module.bias)
 
+    def get_output_embeddings(self) -> nn.Module:
+        """The output head (the embedding when tied); optimizer routing keeps it out of Muon/M3 (D20)."""
+        return self.embed if self.head is None else self.head
+
     @property
     def head_weight(self) -> torch.Tensor:
         return self.embed.weight if self.head is None else self.head.weight

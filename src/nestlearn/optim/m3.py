@@ -92,8 +92,13 @@ class M3(Optimizer):
     weighted sum with weight α on the slow level.
 
     Notes (spec §7.2): V is a running sum, so the effective step decays like AdaGrad; dividing by
-    √V + ε after orthogonalisation breaks exact orthogonality (as written). Only matrices are
-    accepted (D20); kernels with ndim > 2 are viewed as (out, in·∏kernel); ndim < 2 raises.
+    √V + ε after orthogonalisation breaks exact orthogonality (as written). Two consequences of
+    that division matter in practice [Interp, measured]: the step scales like 1/(gradient scale),
+    so ``lr`` must be tuned to the gradient magnitude of the task; and because O⁽¹⁾ is dense, an
+    entry whose gradients have all been (near) zero (a dead ReLU, a constant input feature) moves
+    by about lr·|O|/ε. With ε = 1e-8 a ReLU MLP on MNIST-5k diverged at every lr that moved it at
+    all, while ε = 1e-3 trained (``benchmarks/optimizers.py``). Only matrices are accepted (D20);
+    kernels with ndim > 2 are viewed as (out, in·∏kernel); ndim < 2 raises.
     State per parameter: ``M1``, ``M2``, ``V``, ``O2``, ``chunk_sum`` and the integer ``step``.
 
     Args:
