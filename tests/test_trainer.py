@@ -115,3 +115,12 @@ def test_bf16_autocast_trains(tmp_path, tiny_text):
     result = trainer.run()
     assert math.isfinite(result["val"]["bpb"]) and result["val"]["bpb"] < 8.5
     assert all(p.dtype == torch.float32 for p in trainer.model.parameters()), "autocast keeps float32 weights"
+
+
+def test_seed_fixes_the_run(tmp_path, tiny_text):
+    runs = {}
+    for name, seed in (("a", 1), ("b", 1), ("c", 2)):
+        Trainer(config(tmp_path / name, tiny_text, "train.steps=3", f"train.seed={seed}"), progress=False).run()
+        runs[name] = losses(tmp_path / name / "run")
+    assert runs["a"] == runs["b"]
+    assert runs["a"] != runs["c"]

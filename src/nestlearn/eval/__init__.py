@@ -1,5 +1,3 @@
-"""Evaluation."""
-
-from nestlearn.eval.lm import evaluate_bpb
-
-__all__ = ["evaluate_bpb"]
+"""Evaluation: language-model bits per byte (``eval.lm``), task metrics (``eval.metrics``) and
+continual-learning metrics (``eval.continual``). Submodules are imported explicitly so that the
+metrics load without the model code."""
