@@ -163,7 +163,7 @@ class CausalLM(nn.Module):
         self.apply(self._init_weights)
         # Residual-branch outputs scaled by depth (GPT-2) keep the stream's variance O(1) at init.
         for name, p in self.named_parameters():
-            if name.endswith(("out.weight", "down.weight")):
+            if name.endswith((".out.weight", ".down.weight")):
                 nn.init.normal_(p, std=config.init_std / math.sqrt(2 * config.n_layers))
         # Parameters with a meaning beyond "a weight" (gate biases, memory initial states) are set by
         # their module after the generic initialisation above.

@@ -1,0 +1,34 @@
+"""The associative-memory primitive shared by Titans, the linear-memory baselines, Hope and CMS.
+
+* :class:`MemorySpec`: parameterisation × objective × inner rule × momentum × chunking × read.
+* :func:`memory_scan`: chunk-parallel fast path (closed-form inner gradients, scans, triangular solve).
+* :func:`memory_scan_reference`: token-by-token oracle (autograd inner gradients, literal updates).
+* :func:`memory_apply`, :func:`boundary_factors`, :func:`init_memory_state`: building blocks.
+"""
+
+from nestlearn.memory.ops import (
+    activation,
+    activation_grad,
+    boundary_factors,
+    chunk_bounds,
+    init_memory_state,
+    memory_apply,
+    memory_scan,
+    segment_products,
+)
+from nestlearn.memory.reference import inner_loss, memory_scan_reference
+from nestlearn.memory.spec import MemorySpec
+
+__all__ = [
+    "MemorySpec",
+    "activation",
+    "activation_grad",
+    "boundary_factors",
+    "chunk_bounds",
+    "init_memory_state",
+    "inner_loss",
+    "memory_apply",
+    "memory_scan",
+    "memory_scan_reference",
+    "segment_products",
+]

@@ -1,0 +1,102 @@
+"""The description of one associative memory: parameterisation, objective, inner optimiser, chunking.
+
+An associative memory [NL-L §3.1, Def. 1, Eq 6] is an operator M(·) learned online by an inner
+optimiser on a key–value objective. Every memory in nestlearn (the Titans neural memory, linear
+attention, DeltaNet, Gated DeltaNet, and later Hope's self-modifying memories and CMS) is one
+:class:`MemorySpec` plus per-token gates, run by :func:`nestlearn.memory.memory_scan` (chunk-parallel)
+or :func:`nestlearn.memory.memory_scan_reference` (token by token).
+
+Conventions (one sample, one head; the implementation carries a batch and a head axis, D2):
+
+* Parameterisation (``kind``):
+  - ``"linear"``: M(z) = W z, W ∈ ℝ^{d_out×d_in}  [NL-L Eqs 14–16].
+  - ``"mlp"``: M(z) = z + W₁ σ(W₂ z) (``residual=True``, Eq 89 / [T §3.1]) or W₁ σ(W₂ z),
+    W₂ ∈ ℝ^{h×d_in}, W₁ ∈ ℝ^{d_out×h}.
+* Objective (``objective``), evaluated at the chunk's boundary state M_b (spec §5.5, [T Eqs 16–18]):
+  - ``"l2"``: ℓ = ½‖M(k) − v‖² [T Eq 12, NL-L Eq 93]; error e = M_b(k) − v.
+  - ``"dot"``: ℓ = −⟨M(k), v⟩ [NL-L Eq 17, Eq 92 sign-corrected]; error e = −v.
+* Inner rule (``rule``) on the weight that consumes k (W for linear, W₂ for the MLP; D6):
+  - ``"gd"``: W ← α_t W − (step)  [T Eq 13].
+  - ``"dgd"``: W ← W(α_t I − η_t k_t k_tᵀ) − (step)  [NL-L Eq 88]; other weights decay by α_t only.
+* Momentum (``momentum``), with g_t the inner gradient at the boundary state:
+  - ``"none"``: step = η_t g_t  [T Eq 8 with decay, Eq 13].
+  - ``"titans"``: S_t = β_t S_{t−1} + η_t g_t, step = S_t. Titans' surprise [T Eqs 9–10, 13–14] is −S_t
+    (the state stores accumulated gradients, so both momentum forms share one sign).
+  - ``"scaled"``: S_t = β_t S_{t−1} + g_t, step = η_t S_t  (D9, spec §5.7).
+* Read (``read``): ``"after"`` returns y_t = M_t(q_t), the state after token t's write
+  [T Eq 15, NL-L Eq 16]; ``"before"`` returns M_{t−1}(q_t), read-before-write [NL-L Eq 94, D5].
+* Outer gradients through the writes (``write_grad``, D3): ``"differentiable"`` lets the outer loss
+  differentiate the whole recurrence; ``"stopgrad"`` makes every fast state θ₀ + sg(Δ_t), with θ₀ the
+  state at the start of the call and Δ_t the accumulated writes — same forward values, but keys,
+  values and gates receive no outer gradient through the memory.
+* Chunking (``chunk_size`` C): all inner gradients of the tokens of a chunk are taken at the state
+  before the chunk, b(t) = C·(⌈t/C⌉ − 1) in absolute positions (spec §5.5, D4); C = 1 is the fully
+  sequential rule. With ``objective="dot"`` the gradient does not depend on the state, so C changes
+  nothing but speed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from nestlearn.errors import check_choice, check_positive
+
+KINDS = ("linear", "mlp")
+OBJECTIVES = ("l2", "dot")
+RULES = ("gd", "dgd")
+MOMENTA = ("none", "titans", "scaled")
+READS = ("after", "before")
+ACTIVATIONS = ("silu", "gelu")
+WRITE_GRADS = ("differentiable", "stopgrad")
+
+
+@dataclass(frozen=True)
+class MemorySpec:
+    """One associative memory's definition (see the module docstring for the equations).
+
+    Attributes:
+        kind: ``"linear"`` or ``"mlp"``.
+        objective: ``"l2"`` or ``"dot"``.
+        rule: ``"gd"`` or ``"dgd"``.
+        momentum: ``"none"``, ``"titans"`` or ``"scaled"``.
+        chunk_size: tokens per chunk C ≥ 1; gradients are taken at the chunk's boundary state.
+        read: ``"after"`` (M_t(q_t)) or ``"before"`` (M_{t−1}(q_t)).
+        activation: σ of the MLP memory, ``"silu"`` or ``"gelu"`` (D12).
+        residual: the MLP memory adds its input (needs d_in = d_out).
+        write_grad: ``"differentiable"`` or ``"stopgrad"`` (D3).
+        field: dotted config prefix used in error messages.
+    """
+
+    kind: str = "mlp"
+    objective: str = "l2"
+    rule: str = "gd"
+    momentum: str = "none"
+    chunk_size: int = 64
+    read: str = "after"
+    activation: str = "silu"
+    residual: bool = True
+    write_grad: str = "differentiable"
+    field: str = "memory"
+
+    def __post_init__(self) -> None:
+        check_choice(f"{self.field}.kind", self.kind, KINDS)
+        check_choice(f"{self.field}.objective", self.objective, OBJECTIVES)
+        check_choice(f"{self.field}.rule", self.rule, RULES)
+        check_choice(f"{self.field}.momentum", self.momentum, MOMENTA)
+        check_positive(f"{self.field}.chunk_size", self.chunk_size)
+        check_choice(f"{self.field}.read", self.read, READS)
+        check_choice(f"{self.field}.activation", self.activation, ACTIVATIONS)
+        check_choice(f"{self.field}.write_grad", self.write_grad, WRITE_GRADS)
+
+    @property
+    def weight_names(self) -> tuple[str, ...]:
+        """Names of the fast weight matrices: ``("W",)`` or ``("W1", "W2")``."""
+        return ("W",) if self.kind == "linear" else ("W1", "W2")
+
+    @property
+    def state_names(self) -> tuple[str, ...]:
+        """Keys of a memory state: each weight, its boundary copy ``_b`` and, with momentum, ``_mom``."""
+        names = [*self.weight_names, *(f"{n}_b" for n in self.weight_names)]
+        if self.momentum != "none":
+            names += [f"{n}_mom" for n in self.weight_names]
+        return tuple(names)

@@ -1,0 +1,72 @@
+"""Hope-Attention: softmax attention followed by a Continuum Memory System in every block (NL-L §8.3).
+
+Fig. 5 of the paper puts Hope's block beside a Transformer block: attention → MLP becomes
+(here) attention → CMS, the chain of Eq 70 with levels written at their own frequencies (Eq 71).
+Attention keeps RoPE and its KV cache (D11); the CMS state holds every level's fast weights.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from nestlearn.errors import ConfigError, check_positive
+from nestlearn.layers.attention import CausalSelfAttention
+from nestlearn.layers.cms import CMS, CMSConfig
+from nestlearn.layers.norm import RMSNorm
+from nestlearn.models.lm import LMConfig, register_family
+
+
+@register_family("hope_attention")
+@dataclass
+class HopeAttentionConfig(LMConfig):
+    """Attributes:
+        n_heads: attention heads; must divide d_model into an even head size.
+        rope_base: RoPE wavelength base.
+        cms: the Continuum Memory System of every block (``model.cms.*``).
+    """
+
+    n_heads: int = 4
+    rope_base: float = 10000.0
+    cms: CMSConfig = field(default_factory=CMSConfig)
+
+    def validate(self) -> None:
+        super().validate()
+        check_positive("model.n_heads", self.n_heads)
+        if self.d_model % self.n_heads or (self.d_model // self.n_heads) % 2:
+            raise ConfigError("model.n_heads", f"must divide model.d_model={self.d_model} into an even head size, got {self.n_heads}")
+        self.cms.validate("model.cms")
+
+    def build_block(self, layer_idx: int) -> nn.Module:
+        return HopeAttentionBlock(self)
+
+
+class HopeAttentionBlock(nn.Module):
+    """x + Attn(RMSNorm(x)), then the CMS chain (each level is a pre-norm residual MLP)."""
+
+    def __init__(self, cfg: HopeAttentionConfig):
+        super().__init__()
+        self.attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.attn = CausalSelfAttention(cfg.d_model, cfg.n_heads, cfg.rope_base)
+        self.cms = CMS(cfg.d_model, cfg.cms, cfg.norm_eps)
+
+    def init_state(self, batch_size: int, device, dtype) -> dict[str, torch.Tensor]:
+        shape = (batch_size, self.attn.n_heads, 0, self.attn.head_dim)
+        state = {"attn.k": torch.zeros(shape, device=device, dtype=dtype),
+                 "attn.v": torch.zeros(shape, device=device, dtype=dtype)}
+        state.update({f"cms.{k}": v for k, v in self.cms.init_state(batch_size, device, dtype).items()})
+        return state
+
+    def forward(self, x: torch.Tensor, state: dict[str, torch.Tensor] | None = None,
+                pos: int = 0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """x: (batch, seq, d_model) -> (same shape, {attn.k, attn.v, cms.*})."""
+        attn_state = cms_state = None
+        if state is not None:
+            attn_state = {"k": state["attn.k"], "v": state["attn.v"]}
+            cms_state = {k[4:]: v for k, v in state.items() if k.startswith("cms.")}
+        h, attn_state = self.attn(self.attn_norm(x), attn_state, pos)
+        y, cms_state = self.cms(x + h, cms_state, pos)
+        return y, {"attn.k": attn_state["k"], "attn.v": attn_state["v"],
+                   **{f"cms.{k}": v for k, v in cms_state.items()}}

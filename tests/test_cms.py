@@ -1,0 +1,156 @@
+"""Continuum Memory System: the chunk-wise fast path equals the token-by-token equations (Eqs 70–74)."""
+
+import pytest
+import torch
+
+from nestlearn.errors import ConfigError
+from nestlearn.layers.cms import CMS, CMSConfig, cms_reference
+
+D = 8
+
+
+def make(variant="sequential", order="slow_first", eta_max=1.0, chunk_sizes=(12, 4, 2), seed=0):
+    torch.manual_seed(seed)
+    cms = CMS(D, CMSConfig(chunk_sizes=chunk_sizes, variant=variant, order=order, hidden_mult=2,
+                           eta_max=eta_max, eta_init=0.5)).double()
+    with torch.no_grad():  # non-trivial slow parameters so every term of the update matters
+        for level in cms.levels:
+            level.eta.weight.normal_(0, 0.3)
+            level.w_out.normal_(0, 0.1)
+            level.norm.weight.uniform_(0.5, 1.5)
+        if cms.agg is not None:
+            cms.agg.normal_()
+    return cms
+
+
+VARIANTS = [("sequential", "slow_first"), ("sequential", "fast_first"), ("nested", "slow_first"),
+            ("independent", "slow_first")]
+
+
+@pytest.mark.parametrize("variant, order", VARIANTS)
+@pytest.mark.parametrize("length, pos", [(1, 0), (7, 0), (37, 0), (29, 5)])
+def test_fast_path_equals_reference(variant, order, length, pos):
+    cms = make(variant, order)
+    x = torch.randn(3, length, D, dtype=torch.float64)
+    state = cms.init_state(3, dtype=torch.float64)
+    y, s = cms(x, state, pos)
+    y_ref, s_ref = cms_reference(cms, x, state, pos)
+    assert y.abs().max() < 50, "test inputs must keep the writes stable"
+    torch.testing.assert_close(y, y_ref, rtol=0, atol=1e-10)
+    assert s.keys() == s_ref.keys()
+    for key in s:
+        torch.testing.assert_close(s[key], s_ref[key], rtol=0, atol=1e-10, msg=key)
+
+
+@pytest.mark.parametrize("variant, order", VARIANTS)
+def test_gradients_agree_with_reference(variant, order):
+    cms = make(variant, order)
+    x = torch.randn(2, 15, D, dtype=torch.float64, requires_grad=True)
+    params = [x, *cms.parameters()]
+    g_fast = torch.autograd.grad(cms(x)[0].pow(2).sum(), params)
+    g_ref = torch.autograd.grad(cms_reference(cms, x)[0].pow(2).sum(), params)
+    for a, b in zip(g_fast, g_ref):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
+
+
+def test_gradcheck_through_writes():
+    cms = make("nested", chunk_sizes=(4, 2))
+    x = torch.randn(1, 9, D, dtype=torch.float64, requires_grad=True)
+    w_in = cms.levels[1].w_in
+    assert torch.autograd.gradcheck(lambda inp, w: cms(inp)[0], (x, w_in))
+
+
+def test_segments_with_carried_state_equal_one_pass():
+    for variant, order in VARIANTS:
+        cms = make(variant, order)
+        x = torch.randn(2, 41, D, dtype=torch.float64)
+        whole, s_whole = cms(x)
+        state, parts = None, []
+        for lo, hi in ((0, 5), (5, 6), (6, 30), (30, 41)):
+            y, state = cms(x[:, lo:hi], state, lo)
+            parts.append(y)
+        torch.testing.assert_close(torch.cat(parts, 1), whole, rtol=0, atol=1e-12)
+        for key in s_whole:
+            torch.testing.assert_close(state[key], s_whole[key], rtol=0, atol=1e-12)
+
+
+def test_batch_isolation_and_causality():
+    cms = make("sequential")
+    x = torch.randn(3, 30, D, dtype=torch.float64)
+    y = cms(x)[0]
+    x2 = x.clone()
+    x2[1] += torch.randn(30, D, dtype=torch.float64)
+    x2[:, 20:] = torch.randn(3, 10, D, dtype=torch.float64)
+    y2 = cms(x2)[0]
+    assert torch.equal(y[[0, 2], :20], y2[[0, 2], :20])
+    assert not torch.allclose(y[1], y2[1])
+    # A batch of 3 equals three single-sample runs.
+    singles = torch.cat([cms(x[i:i + 1])[0] for i in range(3)])
+    torch.testing.assert_close(singles, y, rtol=0, atol=1e-12)
+
+
+def static_chain(cms, x):
+    for level in cms.levels:
+        x = level.read({"W1": level.w_out, "W2": level.w_in}, x)
+    return x
+
+
+def test_zero_learning_rate_is_the_static_mlp_chain_and_writes_start_after_a_chunk():
+    frozen = make(eta_max=0.0)
+    x = torch.randn(2, 25, D, dtype=torch.float64)
+    torch.testing.assert_close(frozen(x)[0], static_chain(frozen, x), rtol=0, atol=1e-12)
+    live = make(eta_max=1.0)
+    y, static = live(x)[0], static_chain(live, x)
+    fastest = live.cfg.chunk_sizes[-1]
+    torch.testing.assert_close(y[:, :fastest], static[:, :fastest], rtol=0, atol=1e-12)
+    assert (y[:, fastest:] - static[:, fastest:]).abs().max() > 1e-6
+
+
+def test_nested_level_restarts_from_its_fast_initial_state():
+    cms = make("nested", chunk_sizes=(6, 2))
+    x = torch.randn(1, 6, D, dtype=torch.float64)
+    _, state = cms(x)
+    # After a slow boundary the fast level equals its (updated) initial state, which has moved.
+    assert torch.equal(state["1.W1"], state["1.I1"]) and torch.equal(state["1.W2"], state["1.I2"])
+    assert not torch.allclose(state["1.I2"], cms.levels[1].w_in.expand_as(state["1.I2"]))
+
+
+@pytest.mark.parametrize("kwargs, field", [
+    ({"chunk_sizes": (4, 8)}, "cms.chunk_sizes: must be strictly decreasing"),
+    ({"chunk_sizes": (6, 4), "variant": "nested"}, "cms.chunk_sizes: the nested variant"),
+    ({"variant": "parallel"}, "cms.variant: must be one of"),
+    ({"signal": "lss"}, "cms.signal: must be one of 'kv'"),
+    ({"eta_max": -1.0}, "cms.eta_max"),
+])
+def test_bad_config(kwargs, field):
+    with pytest.raises(ConfigError, match=field):
+        CMS(D, CMSConfig(**kwargs))
+
+
+def test_hope_attention_model_streams_and_trains():
+    from nestlearn.config import from_dict
+    from nestlearn.models import CausalLM
+    from nestlearn.models.hope_attention import HopeAttentionConfig
+
+    cfg = from_dict(HopeAttentionConfig, {"vocab_size": 32, "d_model": 16, "n_layers": 2, "n_heads": 2,
+                                          "max_seq_len": 64, "cms": {"chunk_sizes": [8, 2]}}, prefix="model")
+    torch.manual_seed(0)
+    model = CausalLM(cfg).double()
+    x = torch.randint(0, 32, (2, 27))
+    whole = model(x).logits
+    state, parts = model.init_state(2), []
+    for lo, hi in ((0, 9), (9, 10), (10, 27)):
+        out = model(x[:, lo:hi], state=state)
+        parts.append(out.logits)
+        state = out.state
+    torch.testing.assert_close(torch.cat(parts, 1), whole, rtol=0, atol=1e-10)
+    model = model.float()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(40):
+        loss = model(x[:, :-1], targets=x[:, 1:]).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
