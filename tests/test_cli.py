@@ -1,6 +1,7 @@
 """The command line: end to end on a tiny corpus, and one clear line for every user error."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -87,3 +88,21 @@ def test_generate_with_a_prompt_longer_than_the_model(tmp_path, tiny_text, capsy
     run_cli(capsys, "train", "--data", tiny_text, "--out", run, *TINY)
     code, _, err = run_cli(capsys, "generate", run, "--prompt", "x" * 40, "--tokens", 2)
     assert code == 2 and "exceeds model.max_seq_len=32" in err
+
+
+SHIPPED_CONFIGS = sorted(p.name for p in (Path(__file__).parent.parent / "configs").glob("*-tiny.yaml"))
+
+
+@pytest.mark.parametrize("name", SHIPPED_CONFIGS)
+def test_every_shipped_tiny_config_trains_from_the_cli(tmp_path, tiny_text, capsys, name):
+    """Each model family's config trains on text from the CLI and lowers validation bits per byte."""
+    config = Path(__file__).parent.parent / "configs" / name
+    run = tmp_path / "run"
+    code, _, err = run_cli(capsys, "train", "--config", config, "--data", tiny_text, "--out", run, "--no-progress",
+                           "--set", "model.d_model=32", "--set", "model.n_layers=1", "--set", "train.steps=12",
+                           "--set", "train.batch_size=4", "--set", "train.seq_len=64", "--set", "train.warmup_steps=2",
+                           "--set", "train.eval_every=12", "--set", "train.eval_tokens=1024",
+                           "--set", "train.sample_tokens=4")
+    assert code == 0, err
+    vals = [r["val_bpb"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "val_bpb" in r]
+    assert vals[0] > 7.0 and vals[-1] < vals[0] - 1.0, vals
