@@ -119,16 +119,25 @@ class CMSLevel(nn.Module):
         nn.init.zeros_(self.eta.weight)
         nn.init.constant_(self.eta.bias, math.log(self.eta_init / (1 - self.eta_init)))
 
-    def read(self, weights: State, x: Tensor) -> Tensor:
-        """F(x) with fixed weights: x (B, n, d) -> (B, n, d)."""
-        h = activation(self.spec.activation, self.norm(x) @ weights["W2"].mT)
+    def read(self, weights: State, x: Tensor, x_norm: Tensor | None = None) -> Tensor:
+        """F(x) with fixed weights: x (B, n, d) -> (B, n, d); ``x_norm`` is n(x) if already computed."""
+        x_norm = self.norm(x) if x_norm is None else x_norm
+        h = activation(self.spec.activation, x_norm @ weights["W2"].mT)
         return x + h @ weights["W1"].mT
 
-    def write_sum(self, weights: State, x: Tensor) -> State:
-        """Σ_t η_t ∇_θ ½‖F_θ(k_t) − v_t‖² over the tokens of x (B, n, d), at ``weights`` (spec §5.8)."""
+    def write_inputs(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The parts of the write that do not depend on the fast weights, for all tokens of x (B, n, d).
+
+        Returns:
+            n(k): (B, n, d), the inner key; v − k: (B, n, d), the target of the non-residual MLP;
+            η: (B, n, 1).
+        """
         k, v = self.key(x), self.value(x)
-        eta = self.eta_of(x).unsqueeze(-1)
-        factors = boundary_factors(self.spec, weights, self.norm(k), v - k)
+        return self.norm(k), v - k, self.eta_of(x).unsqueeze(-1)
+
+    def write_sum(self, weights: State, key: Tensor, target: Tensor, eta: Tensor) -> State:
+        """Σ_t η_t ∇_θ ½‖F_θ(k_t) − v_t‖² over a chunk, at ``weights``, in closed form (spec §5.8)."""
+        factors = boundary_factors(self.spec, weights, key, target)
         return {name: (e * eta).mT @ p for name, (e, p) in factors.items()}
 
     def eta_of(self, x: Tensor) -> Tensor:
@@ -197,12 +206,14 @@ class CMS(nn.Module):
             init = {"W1": state[f"{i}.I1"], "W2": state[f"{i}.I2"]}
             h = {"W1": state[f"{i}.H1"], "W2": state[f"{i}.H2"]}
         outs = []
+        x_norm = level.norm(x)
+        key, target, eta = level.write_inputs(x)
         for start, end in chunk_bounds(pos, x.shape[1], level.chunk_size):
-            xs = x[:, start:end]
-            outs.append(level.read(w, xs))
-            g = {n: g[n] + s for n, s in level.write_sum(w, xs).items()}
+            xs, part = x[:, start:end], (key[:, start:end], target[:, start:end], eta[:, start:end])
+            outs.append(level.read(w, xs, x_norm[:, start:end]))
+            g = {n: g[n] + s for n, s in level.write_sum(w, *part).items()}
             if nested:
-                h = {n: h[n] + s for n, s in level.write_sum(init, xs).items()}
+                h = {n: h[n] + s for n, s in level.write_sum(init, *part).items()}
             if (pos + end) % level.chunk_size == 0:
                 w = {n: w[n] - g[n] for n in w}
                 g = {n: torch.zeros_like(g[n]) for n in g}
