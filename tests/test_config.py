@@ -66,3 +66,12 @@ def test_typed_fields_and_optional():
     with pytest.raises(ConfigError, match=r"x.sizes\[1\]: expected an integer"):
         from_dict(_Nested, {"sizes": [3, "a"]}, prefix="x")
     assert apply_overrides({}, ["a.b.c=[1, 2]"]) == {"a": {"b": {"c": [1, 2]}}}
+
+
+def test_yaml_numbers_and_booleans_follow_yaml_1_2():
+    from nestlearn.config import parse_yaml
+
+    assert parse_yaml("1e-3") == 1e-3 and parse_yaml("-2e5") == -2e5 and parse_yaml("3") == 3
+    assert parse_yaml("true") is True and parse_yaml("False") is False
+    # YAML 1.1 would read these as booleans; "off" is a switch value (D9).
+    assert [parse_yaml(w) for w in ("off", "on", "yes", "no")] == ["off", "on", "yes", "no"]

@@ -23,9 +23,19 @@ T = TypeVar("T")
 
 
 class _Loader(yaml.SafeLoader):
-    """YAML 1.1 reads ``1e-3`` (no dot) as a string; configs are full of such learning rates."""
+    """YAML 1.2 scalars: ``1e-3`` is a number and only true/false are booleans.
+
+    PyYAML follows YAML 1.1, which reads ``1e-3`` (no dot) as a string and ``on``/``off``/``yes``/``no``
+    as booleans; configs are full of such learning rates, and ``off`` is a switch value (D9).
+    """
 
 
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
     re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
@@ -38,7 +48,7 @@ _Loader.add_implicit_resolver(
 
 
 def parse_yaml(text: str):
-    """``yaml.safe_load`` with scientific notation read as numbers."""
+    """``yaml.safe_load`` with YAML 1.2 numbers and booleans (see :class:`_Loader`)."""
     return yaml.load(text, Loader=_Loader)
 
 

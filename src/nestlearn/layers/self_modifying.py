@@ -1,0 +1,561 @@
+"""Self-modifying Titans: memories that generate their own keys, values, gates and targets (NL-L §8).
+
+The token mixer of the Hope block (spec §5.3–5.7, NL-L Eqs 83–96; decisions D3–D12). Per head,
+with x_t the block input after the pre-norm, every adaptive projection is itself an associative
+memory, a 2-layer MLP M(z) = z + W₁σ(W₂z) (Eq 89; scalar heads d→h→1 without residual, D8):
+
+    k_t = L2norm(φ(conv(M_k(x_t))))      v_t = φ(conv(M_v(x_t)))        q_t = L2norm(φ(conv(W_q x_t)))
+    η_t = η_max·sigmoid(M_η(x_t) + b_η)  α_t = sigmoid(M_α(x_t) + b_α)                       (Eqs 83, 94)
+    v̂_{□,t} = M_□(v_t)                   the memory's own target, constant in its inner gradient (Eqs 84, 95; D7)
+    o_t = M_memory,t−1(q_t)                                                               (Eq 94; D5)
+
+and every memory □ ∈ {k, v, (q), η, α, memory} learns min ½‖M_□(k_t) − v̂_{□,t}‖² (Eq 85) with DGD,
+retention and momentum (Eq 88, D6, D9), on the weight W₂ that consumes k:
+
+    S_t = β_t S_{t−1} + g_t,   W₂ ← W₂(α_t I − η_t k_t k_tᵀ) − η_t S⁽²⁾_t,   W₁ ← α_t W₁ − η_t S⁽¹⁾_t.
+
+Chunking (Eq 90 with the causal index fix b(t) = C(⌈t/C⌉ − 1), spec §5.5, D4): all inner gradients
+and every generation (k, v, q, η, α, v̂) read the boundary state of the generating memory, on the grid
+``chunk_size_other`` for the k, v, q, η, α memories and ``chunk_size_memory`` for the main memory;
+only the output read o_t sees intra-chunk states. Because generation reads boundary states, each
+chunk of ``chunk_size_other`` tokens is generated in parallel and every memory's chunk is one call of
+the chunk-parallel primitive :func:`nestlearn.memory.memory_scan` (closed-form gradients, spec
+§5.8–5.9). :func:`self_modifying_reference` is the token-by-token oracle of spec §5.7.
+
+Memories with the same shape share one stacked tensor along the head axis ("groups"), so one scan
+call updates them all: ``proj`` holds the adaptive vector projections in the order k, v, q (those
+switched on), ``gate`` holds η then α, ``mem`` the main memory. Fast state (flat dict, batch axis
+first, D2): ``{group}.{W1,W2}`` weights (B, G·H, d_out, d_in), ``{group}.{W1,W2}_b`` the boundary
+copies, ``{group}.{W1,W2}_mom`` the momenta, and ``conv`` (B, 3, channels), the last inputs of the
+causal convolution.
+
+Output (D11): y = W_o(RMSNorm(o) ⊙ sigmoid(W_g x)), the norm per head.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nestlearn.errors import ConfigError, check_choice, check_positive, check_range
+from nestlearn.layers.norm import RMSNorm
+from nestlearn.layers.titans import causal_depthwise_conv
+from nestlearn.memory import (
+    MemorySpec,
+    chunk_bounds,
+    init_memory_state,
+    inner_loss,
+    memory_apply,
+    memory_scan,
+)
+
+Tensor = torch.Tensor
+State = dict[str, Tensor]
+
+CONV_WIDTH = 4  # "local convolutions with window size of 4" (NL-L §8.3)
+GROUPS = ("proj", "gate", "mem")
+
+
+@dataclass
+class SelfModConfig:
+    """The ``selfmod.*`` switches (decisions D3–D12); defaults are the binding ones.
+
+    Attributes:
+        write_grad: ``"differentiable"`` or ``"stopgrad"`` outer gradients through the writes (D3).
+        chunk_size_memory: chunk of the main memory C_mem (D4).
+        chunk_size_other: chunk of the k, v, q, η, α memories C_oth, a multiple of C_mem (D4).
+        read: ``"intra_chunk"`` o_t = M_{t−1}(q_t), or ``"boundary"`` o_t = M_b(q_t) (D5).
+        objective: ``"l2"`` ½‖M(k) − v̂‖² or ``"dot"`` −⟨M(k), v̂⟩ (D6).
+        inner_rule: ``"dgd"`` (Eq 88) or ``"gd"`` (ablation "w/o DGD": α_t I only) (D6).
+        weight_decay: generate α_t; False is the ablation "w/o weight decay", α ≡ 1 (D6).
+        dgd_normalize: use η' = η/(1 + η‖k‖²) in both terms, as Eq 57 (D6).
+        eta_max: bound of η_t, in (0, 1] (D8).
+        momentum: ``"data"`` β_t = sigmoid(w_βᵀx_t + b_β), ``"scalar"`` one β per head, ``"off"`` (D9).
+        adaptive_q: q from a self-modifying memory instead of W_q (D10; ablation "w/o inner-projection q").
+        adaptive_k, adaptive_v: k, v from self-modifying memories; False replaces them by static linear
+            projections (ablations "w/o inner-projection k / v", Table 6).
+        conv: ``"qkv"`` (depthwise conv on q, k, v), ``"input"`` (one conv on the input of all
+            memories) or ``"none"`` (D11).
+        conv_pointwise: a 1×1 convolution after each depthwise one (D11).
+        qkv_activation: ``"silu"`` or ``"none"`` after the convolution (D11).
+        output_gate: ``"sigmoid"`` or ``"none"`` (D11).
+        heads: H independent memory sets over d/H channels each (D11).
+        memory_hidden: hidden width of every memory over all heads (None: d; D12).
+        activation: σ of the memories, ``"silu"`` or ``"gelu"`` (D12).
+        memory_out_init: std of the initial W₁ of every memory (D12).
+        eta_init, alpha_init, beta_init: initial η/η_max, α and β, set through the biases (D8, D9).
+        v_norm: ``"none"`` (spec §5.7: v is not normalised) or ``"l2"`` (v L2-normalised like k).
+            [project proposal, not in decisions.md] With ``"none"`` the self-generated targets
+            v̂ = M(v) grow with the memory that generates them, and a tiny Hope trained on 128-token
+            sequences diverged (NaN) within 384 tokens of carried state; with ``"l2"`` it stayed bounded.
+    """
+
+    write_grad: str = "differentiable"
+    chunk_size_memory: int = 16
+    chunk_size_other: int = 64
+    read: str = "intra_chunk"
+    objective: str = "l2"
+    inner_rule: str = "dgd"
+    weight_decay: bool = True
+    dgd_normalize: bool = False
+    eta_max: float = 1.0
+    momentum: str = "data"
+    adaptive_q: bool = False
+    adaptive_k: bool = True
+    adaptive_v: bool = True
+    conv: str = "qkv"
+    conv_pointwise: bool = False
+    qkv_activation: str = "silu"
+    output_gate: str = "sigmoid"
+    heads: int = 1
+    memory_hidden: int | None = None
+    activation: str = "silu"
+    memory_out_init: float = 1e-3
+    eta_init: float = 0.1
+    alpha_init: float = 0.99
+    beta_init: float = 0.5
+    v_norm: str = "none"
+
+    def validate(self, prefix: str = "model.selfmod") -> None:
+        check_choice(f"{prefix}.write_grad", self.write_grad, ("differentiable", "stopgrad"))
+        check_positive(f"{prefix}.chunk_size_memory", self.chunk_size_memory)
+        check_positive(f"{prefix}.chunk_size_other", self.chunk_size_other)
+        if self.chunk_size_other % self.chunk_size_memory:
+            raise ConfigError(f"{prefix}.chunk_size_other",
+                              f"must be a multiple of {prefix}.chunk_size_memory={self.chunk_size_memory}, "
+                              f"got {self.chunk_size_other}")
+        check_choice(f"{prefix}.read", self.read, ("intra_chunk", "boundary"))
+        check_choice(f"{prefix}.objective", self.objective, ("l2", "dot"))
+        check_choice(f"{prefix}.inner_rule", self.inner_rule, ("dgd", "gd"))
+        check_range(f"{prefix}.eta_max", self.eta_max, 0.0, 1.0, low_open=True)
+        check_choice(f"{prefix}.momentum", self.momentum, ("data", "scalar", "off"))
+        check_choice(f"{prefix}.conv", self.conv, ("qkv", "input", "none"))
+        check_choice(f"{prefix}.qkv_activation", self.qkv_activation, ("silu", "none"))
+        check_choice(f"{prefix}.output_gate", self.output_gate, ("sigmoid", "none"))
+        check_positive(f"{prefix}.heads", self.heads)
+        if self.memory_hidden is not None:
+            check_positive(f"{prefix}.memory_hidden", self.memory_hidden)
+        check_choice(f"{prefix}.activation", self.activation, ("silu", "gelu"))
+        check_positive(f"{prefix}.memory_out_init", self.memory_out_init, allow_zero=True)
+        for name in ("eta_init", "alpha_init", "beta_init"):
+            check_range(f"{prefix}.{name}", getattr(self, name), 0.0, 1.0, low_open=True, high_open=True)
+        check_choice(f"{prefix}.v_norm", self.v_norm, ("none", "l2"))
+
+    def check_width(self, d_model: int, prefix: str = "model.selfmod") -> None:
+        """Raise unless the heads split d (and the hidden width) evenly."""
+        if d_model % self.heads:
+            raise ConfigError(f"{prefix}.heads", f"must divide d_model={d_model}, got {self.heads}")
+        hidden = self.memory_hidden or d_model
+        if hidden % self.heads:
+            raise ConfigError(f"{prefix}.memory_hidden", f"must be a multiple of {prefix}.heads={self.heads}, got {hidden}")
+
+    def memory_spec(self, group: str) -> MemorySpec:
+        """The primitive's spec of a memory group: its chunk grid, residual form and update rule."""
+        spec = MemorySpec(kind="mlp", objective=self.objective, rule=self.inner_rule,
+                          momentum="none" if self.momentum == "off" else "scaled",
+                          chunk_size=self.chunk_size_memory, read="before", activation=self.activation,
+                          residual=True, write_grad=self.write_grad, field="model.selfmod")
+        if group == "mem":
+            return spec
+        return replace(spec, chunk_size=self.chunk_size_other, residual=group == "proj")
+
+
+def logit(p: float) -> float:
+    """sigmoid⁻¹(p), for biases that make a gate start at p."""
+    return math.log(p / (1 - p))
+
+
+def split_heads(x: Tensor, heads: int) -> Tensor:
+    """(B, n, d) -> (B, H, n, d/H)."""
+    b, n, d = x.shape
+    return x.view(b, n, heads, d // heads).transpose(1, 2)
+
+
+def merge_heads(x: Tensor) -> Tensor:
+    """(B, H, n, d/H) -> (B, n, d)."""
+    b, h, n, dh = x.shape
+    return x.transpose(1, 2).reshape(b, n, h * dh)
+
+
+def repeat_groups(x: Tensor | None, groups: int) -> Tensor | None:
+    """(B, H, ...) -> (B, G·H, ...): the same keys, values or gates for each memory of a group."""
+    if x is None or groups == 1:
+        return x
+    return x.repeat(1, groups, *([1] * (x.dim() - 2)))
+
+
+def boundary_weights(state: State, pos: int, chunk_size: int) -> State:
+    """The weights at the last chunk boundary b(t) for a token at absolute position ``pos`` (D4)."""
+    at_boundary = pos % chunk_size == 0
+    return {n: state[n] if at_boundary else state[f"{n}_b"] for n in ("W1", "W2")}
+
+
+def normalized_eta(eta: Tensor, k: Tensor) -> Tensor:
+    """η' = η/(1 + η‖k‖²) (Eq 57, spec §3.2): eta (..., n), k (..., n, d) -> (..., n)."""
+    return eta / (1 + eta * k.pow(2).sum(-1))
+
+
+class SelfModifyingTitans(nn.Module):
+    """The self-modifying Titans token mixer (module docstring; spec §5.7).
+
+    Args:
+        d_model: width d, split into ``cfg.heads`` heads.
+        cfg: the ``selfmod.*`` switches.
+        norm_eps: epsilon of the output RMSNorm.
+    """
+
+    def __init__(self, d_model: int, cfg: SelfModConfig, norm_eps: float = 1e-6):
+        super().__init__()
+        cfg.validate()
+        cfg.check_width(d_model)
+        self.cfg = cfg
+        self.d_model, self.n_heads = d_model, cfg.heads
+        self.head_dim = d_model // cfg.heads
+        self.hidden = (cfg.memory_hidden or d_model) // cfg.heads
+        self.proj_names = tuple(n for n, on in (("k", cfg.adaptive_k), ("v", cfg.adaptive_v), ("q", cfg.adaptive_q)) if on)
+        self.static_names = tuple(n for n in ("q", "k", "v") if n not in self.proj_names)
+        self.gate_names = ("eta", "alpha") if cfg.weight_decay else ("eta",)
+        self.specs = {g: cfg.memory_spec(g) for g in GROUPS}
+        self.groups = tuple(g for g in GROUPS if g != "proj" or self.proj_names)
+        h, dh, hid = cfg.heads, self.head_dim, self.hidden
+        sizes = {"proj": len(self.proj_names) * h, "gate": len(self.gate_names) * h, "mem": h}
+        outs = {"proj": dh, "gate": 1, "mem": dh}
+        # Meta-learned initial states θ_{□,0} (NL-L §8.1), slow parameters without a batch axis (D2).
+        self.initial = nn.ModuleDict({
+            g: nn.ParameterDict({"W1": nn.Parameter(torch.zeros(sizes[g], outs[g], hid)),
+                                 "W2": nn.Parameter(torch.zeros(sizes[g], hid, dh))})
+            for g in self.groups})
+        self.static = nn.Linear(d_model, len(self.static_names) * d_model, bias=False) if self.static_names else None
+        streams = 0 if cfg.conv == "none" else (3 if cfg.conv == "qkv" else 1)
+        channels = streams * d_model
+        self.conv = nn.Conv1d(channels, channels, CONV_WIDTH, groups=channels, bias=False) if streams else None
+        self.pointwise = nn.ModuleList(nn.Linear(d_model, d_model, bias=False) for _ in range(streams)) \
+            if cfg.conv_pointwise else None
+        self.gate_bias = nn.Parameter(torch.zeros(len(self.gate_names), h))
+        self.beta = nn.Linear(d_model, h) if cfg.momentum == "data" else None
+        self.beta_logit = nn.Parameter(torch.zeros(h)) if cfg.momentum == "scalar" else None
+        self.out_norm = RMSNorm(dh, norm_eps)
+        self.gate = nn.Linear(d_model, d_model, bias=False) if cfg.output_gate == "sigmoid" else None
+        self.out = nn.Linear(d_model, d_model, bias=False)
+        self.reset_special_parameters()
+
+    def reset_special_parameters(self) -> None:
+        """Memories near the identity (D12), gate biases at their initial values (D8, D9), 1×1 convs at I."""
+        for group in self.initial.values():
+            nn.init.normal_(group["W2"], std=1 / math.sqrt(self.head_dim))
+            nn.init.normal_(group["W1"], std=self.cfg.memory_out_init)
+        inits = {"eta": self.cfg.eta_init, "alpha": self.cfg.alpha_init}
+        with torch.no_grad():
+            for i, name in enumerate(self.gate_names):
+                self.gate_bias[i].fill_(logit(inits[name]))
+            if self.beta is not None:
+                self.beta.bias.fill_(logit(self.cfg.beta_init))
+            if self.beta_logit is not None:
+                self.beta_logit.fill_(logit(self.cfg.beta_init))
+        # The 1×1 convolution starts as the identity, so switching it on keeps the initial function.
+        for lin in self.pointwise or ():
+            nn.init.eye_(lin.weight)
+
+    # ---- state -------------------------------------------------------------------------------
+
+    def initial_state(self, batch_size: int) -> State:
+        """Fresh state as broadcast views of the initial weights (differentiable w.r.t. them), zero momenta."""
+        state = {}
+        for g in self.groups:
+            for name, t in init_memory_state(self.specs[g], dict(self.initial[g]), batch_size).items():
+                state[f"{g}.{name}"] = t
+        if self.conv is not None:
+            w = self.initial["mem"]["W1"]
+            state["conv"] = w.new_zeros(batch_size, CONV_WIDTH - 1, self.conv.in_channels)
+        return state
+
+    def init_state(self, batch_size: int, device: torch.device | str | None, dtype: torch.dtype | None) -> State:
+        """A fresh state with materialised tensors (so it can be saved), differentiable w.r.t. θ₀ (D18)."""
+        return {k: v.to(device=device, dtype=dtype).contiguous() for k, v in self.initial_state(batch_size).items()}
+
+    def group_state(self, state: State, group: str) -> State:
+        return {n: state[f"{group}.{n}"] for n in self.specs[group].state_names}
+
+    # ---- generation (shared by the fast path and the reference) -------------------------------
+
+    def input_features(self, x: Tensor, cache: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """The memories' input: x, or conv(x) with ``conv="input"``. x: (B, n, d) -> (B, n, d), cache."""
+        if self.cfg.conv != "input":
+            return x, cache
+        x, cache = causal_depthwise_conv(x, self.conv.weight, cache)
+        if self.pointwise is not None:
+            x = self.pointwise[0](x)
+        return x, cache
+
+    def finish_qkv(self, raw: dict[str, Tensor], cache: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+        """Raw q, k, v (each (B, n, d)) -> conv, φ, L2 norms, in heads (B, H, n, d/H) (D11).
+
+        q and k are always L2-normalised; v only with ``v_norm="l2"``.
+        """
+        parts = [raw["q"], raw["k"], raw["v"]]
+        if self.cfg.conv == "qkv":
+            conv, cache = causal_depthwise_conv(torch.cat(parts, dim=-1), self.conv.weight, cache)
+            parts = list(conv.chunk(3, dim=-1))
+            if self.pointwise is not None:
+                parts = [lin(p) for lin, p in zip(self.pointwise, parts)]
+        if self.cfg.qkv_activation == "silu":
+            parts = [F.silu(p) for p in parts]
+        q, k, v = (split_heads(p, self.n_heads) for p in parts)
+        if self.cfg.v_norm == "l2":
+            v = F.normalize(v, dim=-1)
+        return F.normalize(q, dim=-1), F.normalize(k, dim=-1), v, cache
+
+    def gates(self, pre: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Scalar-memory outputs (B, G·H, n) -> η_t = η_max·sigmoid(· + b_η), α_t (or None) (D8)."""
+        pre = pre.unflatten(1, (len(self.gate_names), self.n_heads)) + self.gate_bias[None, :, :, None]
+        eta = self.cfg.eta_max * torch.sigmoid(pre[:, 0])
+        return eta, (torch.sigmoid(pre[:, 1]) if self.cfg.weight_decay else None)
+
+    def momentum_gate(self, xs: Tensor) -> Tensor | None:
+        """β_t (B, H, n) from the memories' input xs (B, n, d), or None without momentum (D9)."""
+        if self.beta is not None:
+            return torch.sigmoid(self.beta(xs)).transpose(1, 2)
+        if self.beta_logit is not None:
+            b, n, _ = xs.shape
+            return torch.sigmoid(self.beta_logit)[None, :, None].expand(b, -1, n)
+        return None
+
+    def output(self, o: Tensor, x: Tensor) -> Tensor:
+        """o: (B, H, T, d/H) memory reads, x: (B, T, d) block input -> W_o(RMSNorm(o) ⊙ sigmoid(W_g x))."""
+        o = merge_heads(self.out_norm(o))
+        if self.gate is not None:
+            o = o * torch.sigmoid(self.gate(x))
+        return self.out(o)
+
+    def generate(self, xs: Tensor, static: dict[str, Tensor], proj_b: State | None, gate_b: State,
+                 cache: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None, Tensor | None]:
+        """Eqs 83/94 for the tokens of one ``chunk_size_other`` chunk, from the boundary states.
+
+        Args:
+            xs: (B, n, d) memory inputs; static: name -> (B, n, d) static projections;
+            proj_b, gate_b: boundary weights of the generating memories; cache: conv inputs.
+
+        Returns:
+            q, k, v (B, H, n, d/H), η, α (B, H, n) (α None without weight decay), the new conv cache.
+        """
+        xh = split_heads(xs, self.n_heads)
+        raw = dict(static)
+        if self.proj_names:
+            gen = memory_apply(self.specs["proj"], proj_b, repeat_groups(xh, len(self.proj_names)))
+            for name, part in zip(self.proj_names, gen.chunk(len(self.proj_names), dim=1)):
+                raw[name] = merge_heads(part)
+        q, k, v, cache = self.finish_qkv(raw, cache)
+        pre = memory_apply(self.specs["gate"], gate_b, repeat_groups(xh, len(self.gate_names))).squeeze(-1)
+        eta, alpha = self.gates(pre)
+        return q, k, v, eta, alpha, cache
+
+    def static_projections(self, xs: Tensor) -> dict[str, Tensor]:
+        """The non-adaptive projections (W_q x, …) of xs (B, T, d): name -> (B, T, d)."""
+        if self.static is None:
+            return {}
+        return dict(zip(self.static_names, self.static(xs).chunk(len(self.static_names), dim=-1)))
+
+    def group_sizes(self, group: str) -> int:
+        return len(self.proj_names) if group == "proj" else len(self.gate_names) if group == "gate" else 1
+
+    # ---- fast path ----------------------------------------------------------------------------
+
+    def forward(self, x: Tensor, state: State | None = None, pos: int = 0) -> tuple[Tensor, State]:
+        """x: (B, T, d) at absolute positions pos.. -> (y: (B, T, d), new state).
+
+        Generation runs once per ``chunk_size_other`` chunk; every memory's chunk is one call of the
+        chunk-parallel :func:`memory_scan`, the main memory on its finer grid (D4).
+        """
+        if state is None:
+            state = self.initial_state(x.shape[0])
+        cfg = self.cfg
+        mems = {g: self.group_state(state, g) for g in self.groups}
+        xs, cache = self.input_features(x, state.get("conv"))
+        bounds = chunk_bounds(pos, x.shape[1], cfg.chunk_size_other)
+        sizes = [end - start for start, end in bounds]
+        # split once (not slicing in the loop): the backward of a slice fills a full-length zero tensor.
+        xs_parts = xs.split(sizes, dim=1)
+        static_parts = {n: t.split(sizes, dim=1) for n, t in self.static_projections(xs).items()}
+        beta = self.momentum_gate(xs)
+        beta_parts = [None] * len(sizes) if beta is None else beta.split(sizes, dim=-1)
+        outs = []
+        for i, (start, _) in enumerate(bounds):
+            at = pos + start
+            bnd = {g: boundary_weights(mems[g], at, cfg.chunk_size_other) for g in self.groups if g != "mem"}
+            q, k, v, eta, alpha, cache = self.generate(xs_parts[i], {n: p[i] for n, p in static_parts.items()},
+                                                       bnd.get("proj"), bnd["gate"], cache)
+            eta_w = normalized_eta(eta, k) if cfg.dgd_normalize else eta
+            for g, weights in bnd.items():
+                reps = self.group_sizes(g)
+                target = memory_apply(self.specs[g], weights, repeat_groups(v, reps))
+                kr = repeat_groups(k, reps)
+                # The generating memories' own reads are never used (generation reads boundaries).
+                _, mems[g] = memory_scan(self.specs[g], mems[g], kr, kr, target, repeat_groups(eta_w, reps),
+                                         repeat_groups(alpha, reps), repeat_groups(beta_parts[i], reps), pos=at)
+            o, mems["mem"] = self.main_memory(mems["mem"], q, k, v, eta_w, alpha, beta_parts[i], at)
+            outs.append(o)
+        new_state = {f"{g}.{n}": t for g in self.groups for n, t in mems[g].items()}
+        if cache is not None:
+            new_state["conv"] = cache
+        return self.output(torch.cat(outs, dim=2), x), new_state
+
+    def main_memory(self, mem: State, q: Tensor, k: Tensor, v: Tensor, eta: Tensor, alpha: Tensor | None,
+                    beta: Tensor | None, pos: int) -> tuple[Tensor, State]:
+        """The output memory over one generation chunk, one scan per ``chunk_size_memory`` chunk.
+
+        Each of its chunks needs its own targets v̂ = M_memory^b(v_t) at its own boundary (Eq 95, D7),
+        hence one scan call per chunk. Shapes as :meth:`generate`; returns o (B, H, n, d/H), new state.
+        """
+        spec = self.specs["mem"]
+        bounds = chunk_bounds(pos, q.shape[2], spec.chunk_size)
+        sizes = [end - start for start, end in bounds]
+        parts = [t.split(sizes, dim=2) for t in (q, k, v)]
+        gates = [None if g is None else g.split(sizes, dim=-1) for g in (eta, alpha, beta)]
+        outs = []
+        for i, (start, _) in enumerate(bounds):
+            qi, ki, vi = (p[i] for p in parts)
+            b = boundary_weights(mem, pos + start, spec.chunk_size)
+            o, mem = memory_scan(spec, mem, qi, ki, memory_apply(spec, b, vi),
+                                 *(None if g is None else g[i] for g in gates), pos=pos + start)
+            outs.append(memory_apply(spec, b, qi) if self.cfg.read == "boundary" else o)
+        return torch.cat(outs, dim=2), mem
+
+
+# ---- token-by-token reference (spec §5.7) -------------------------------------------------------
+
+def _inner_grads(spec: MemorySpec, weights: State, k: Tensor, target: Tensor) -> State:
+    """∇_θ ℓ(M_θ; k, v̂) at θ = ``weights``, by autograd of the literal loss (spec §5.8 independently).
+
+    The derivative is taken with respect to a zero perturbation added to the weights, so the target
+    v̂ (itself built from the same weights) stays a constant of the inner loss (D7), while the result
+    remains a differentiable function of weights, k and v̂ for the outer loss.
+    """
+    with torch.enable_grad():
+        zeros = {n: torch.zeros_like(w, requires_grad=True) for n, w in weights.items()}
+        loss = inner_loss(spec, {n: weights[n] + zeros[n] for n in weights}, k, target)
+        grads = torch.autograd.grad(loss, list(zeros.values()), create_graph=True)
+    return dict(zip(zeros, grads))
+
+
+def _conv_token(u: Tensor, weight: Tensor, hist: Tensor) -> tuple[Tensor, Tensor]:
+    """One step of the causal depthwise conv: y_t = Σ_j w_j u_{t−3+j}. u (B, C), weight (C, 1, 4), hist (B, 3, C)."""
+    window = torch.cat((hist, u[:, None]), dim=1)
+    return (window * weight[:, 0].T).sum(1), window[:, 1:]
+
+
+def self_modifying_reference(layer: SelfModifyingTitans, x: Tensor, state: State | None = None,
+                             pos: int = 0) -> tuple[Tensor, State]:
+    """Token-by-token self-modifying Titans, spec §5.7 written literally; same contract as ``layer(x, state, pos)``.
+
+    For each token (absolute position a): refresh the boundary copies at multiples of each grid;
+    generate q, k, v, η, α and the targets v̂_□ from the boundary states; read o_t = M_memory,t−1(q_t)
+    (or M_memory,b(q_t)); then for every memory □ update
+
+        S_□ = β_t S_□ + g_□,   W₂ ← W₂(α_t I − η_t k_t k_tᵀ) − η_t S⁽²⁾_□,   W₁ ← α_t W₁ − η_t S⁽¹⁾_□,
+
+    with g_□ the autograd inner gradient at the boundary state (Eq 88, D6, D9; "gd" drops −η k kᵀ;
+    no momentum: S = g). ``write_grad="stopgrad"`` runs the writes on detached values and reads
+    θ₀ + sg(Δ) (D3). Slow; for tests (float64), differentiable with ``create_graph``.
+    """
+    cfg = layer.cfg
+    st = dict(layer.initial_state(x.shape[0]) if state is None else state)
+    # The conv cache holds inputs, not writes: never detached.
+    cache = st.pop("conv", None)
+    stop = cfg.write_grad == "stopgrad"
+    groups = layer.groups
+    weight_keys = [f"{g}.{n}" for g in groups for n in ("W1", "W2")]
+    base = {key: st[key] for key in weight_keys}
+    if stop:
+        st = {key: t.detach() for key, t in st.items()}
+
+    def visible(key: str, w: Tensor) -> Tensor:
+        """θ₀ + sg(Δ) under stopgrad (D3), the weights themselves otherwise."""
+        return base[key] + (w - base[key].detach()) if stop else w
+
+    def weights(group: str, suffix: str = "") -> State:
+        return {n: visible(f"{group}.{n}", st[f"{group}.{n}{suffix}"]) for n in ("W1", "W2")}
+
+    chunk = {g: cfg.chunk_size_memory if g == "mem" else cfg.chunk_size_other for g in groups}
+    momentum = cfg.momentum != "off"
+    outs = []
+    for t in range(x.shape[1]):
+        a = pos + t
+        for g in groups:
+            if a % chunk[g] == 0:
+                for n in ("W1", "W2"):
+                    st[f"{g}.{n}_b"] = st[f"{g}.{n}"]
+        xt = x[:, t]
+        if cfg.conv == "input":
+            xt, cache = _conv_token(xt, layer.conv.weight, cache)
+            if layer.pointwise is not None:
+                xt = layer.pointwise[0](xt)
+        xh = xt.view(x.shape[0], layer.n_heads, 1, layer.head_dim)
+        raw = layer.static_projections(xt[:, None])
+        if layer.proj_names:
+            gen = memory_apply(layer.specs["proj"], weights("proj", "_b"), repeat_groups(xh, len(layer.proj_names)))
+            for name, part in zip(layer.proj_names, gen.chunk(len(layer.proj_names), dim=1)):
+                raw[name] = merge_heads(part)
+        u = torch.cat([raw["q"], raw["k"], raw["v"]], dim=-1)[:, 0]
+        if cfg.conv == "qkv":
+            u, cache = _conv_token(u, layer.conv.weight, cache)
+            if layer.pointwise is not None:
+                u = torch.cat([lin(p) for lin, p in zip(layer.pointwise, u.chunk(3, dim=-1))], dim=-1)
+        if cfg.qkv_activation == "silu":
+            u = F.silu(u)
+        q, k, v = (p.view(x.shape[0], layer.n_heads, 1, layer.head_dim) for p in u.chunk(3, dim=-1))
+        q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
+        if cfg.v_norm == "l2":
+            v = F.normalize(v, dim=-1)
+        pre = memory_apply(layer.specs["gate"], weights("gate", "_b"), repeat_groups(xh, len(layer.gate_names)))
+        eta, alpha = layer.gates(pre.squeeze(-1))
+        alpha = torch.ones_like(eta) if alpha is None else alpha
+        beta = layer.momentum_gate(xt[:, None])
+        if cfg.dgd_normalize:
+            eta = eta / (1 + eta * (k * k).sum(-1))
+        mem_read = weights("mem", "_b" if cfg.read == "boundary" else "")
+        outs.append(memory_apply(layer.specs["mem"], mem_read, q))
+        targets = {g: memory_apply(layer.specs[g], weights(g, "_b"), repeat_groups(v, layer.group_sizes(g)))
+                   for g in groups}
+        if stop:
+            k, eta, alpha = k.detach(), eta.detach(), alpha.detach()
+            beta = None if beta is None else beta.detach()
+            targets = {g: v_hat.detach() for g, v_hat in targets.items()}
+        for g in groups:
+            reps = layer.group_sizes(g)
+            kg = repeat_groups(k, reps)
+            eta_g, alpha_g = (repeat_groups(s, reps)[..., None] for s in (eta, alpha))  # (B, G·H, 1, 1)
+            boundary = {n: st[f"{g}.{n}_b"] for n in ("W1", "W2")}
+            grads = _inner_grads(layer.specs[g], boundary, kg, targets[g])
+            steps = {}
+            for n in ("W1", "W2"):
+                if momentum:
+                    beta_g = repeat_groups(beta, reps)[..., None]
+                    st[f"{g}.{n}_mom"] = beta_g * st[f"{g}.{n}_mom"] + grads[n]
+                    steps[n] = eta_g * st[f"{g}.{n}_mom"]
+                else:
+                    steps[n] = eta_g * grads[n]
+            key = kg.mT  # (B, G·H, d/H, 1)
+            eye = torch.eye(key.shape[-2], dtype=key.dtype, device=key.device)
+            decay = alpha_g * eye - eta_g * (key @ key.mT) if cfg.inner_rule == "dgd" else alpha_g * eye
+            st[f"{g}.W2"] = st[f"{g}.W2"] @ decay - steps["W2"]
+            st[f"{g}.W1"] = alpha_g * st[f"{g}.W1"] - steps["W1"]
+    end = pos + x.shape[1]
+    for g in groups:
+        if end % chunk[g] == 0:
+            for n in ("W1", "W2"):
+                st[f"{g}.{n}_b"] = st[f"{g}.{n}"].clone()
+    new_state = {}
+    for g in groups:
+        for n in ("W1", "W2"):
+            new_state[f"{g}.{n}"] = visible(f"{g}.{n}", st[f"{g}.{n}"])
+            new_state[f"{g}.{n}_b"] = visible(f"{g}.{n}", st[f"{g}.{n}_b"])
+            if momentum:
+                new_state[f"{g}.{n}_mom"] = st[f"{g}.{n}_mom"]
+    if cache is not None:
+        new_state["conv"] = cache
+    o = torch.cat(outs, dim=2)
+    return layer.output(o, x), new_state
