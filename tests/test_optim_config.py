@@ -1,4 +1,4 @@
-"""OptimConfig validation and build_optimizer for every optimiser name."""
+"""OptimConfig validation, build_optimizer for every optimiser name, and named parameters on torch 2.4/2.5."""
 
 from __future__ import annotations
 
@@ -21,6 +21,8 @@ from nestlearn.optim import (
     PreconditionedMomentum,
     build_optimizer,
 )
+from nestlearn.optim import _common
+from nestlearn.optim._common import NAMES_KEY, group_names
 
 
 
@@ -55,8 +57,8 @@ def test_default_config_is_valid_and_builds_adamw_with_decay_on_matrices_only():
     assert type(opt) is torch.optim.AdamW
     decay, no_decay = opt.param_groups
     assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
-    assert decay["param_names"] == ["state0", "hidden.weight", "out.weight"]
-    assert set(no_decay["param_names"]) == {"embed.weight", "norm.weight", "norm.bias", "hidden.bias", "out.bias"}
+    assert group_names(decay) == ["state0", "hidden.weight", "out.weight"]
+    assert set(group_names(no_decay)) == {"embed.weight", "norm.weight", "norm.bias", "hidden.bias", "out.bias"}
 
 
 EXPECTED_MAIN = {"muon": Muon, "m3": M3, "dmgd": DMGD, "delta": DeltaMomentum, "precond": PreconditionedMomentum,
@@ -70,7 +72,7 @@ def test_every_name_builds_a_combined_optimizer_that_trains(name):
     opt = build_optimizer(model, OptimConfig(name=name, lr=lr, adamw_lr=3e-3))
     assert isinstance(opt, CombinedOptimizer)
     assert [type(o) for o in opt.optimizers] == [EXPECTED_MAIN[name], torch.optim.AdamW]
-    main_names = {n for g in opt.optimizers[0].param_groups for n in g["param_names"]}
+    main_names = {n for g in opt.optimizers[0].param_groups for n in group_names(g)}
     expected = {"hidden.weight", "out.weight"} if name == "dgd" else {"hidden.weight", "out.weight", "state0"}
     assert main_names == expected
     losses = []
@@ -151,3 +153,86 @@ def test_m3_needs_three_betas():
 def test_adamw_lr_defaults_to_lr():
     opt = build_optimizer(Net(), OptimConfig(name="muon", lr=0.02))
     assert all(g["lr"] == 0.02 for g in opt.param_groups)
+
+
+# -- torch 2.4/2.5: torch.optim.Optimizer accepts (name, tensor) pairs only from torch 2.6 ----------
+def _simulate_old_torch(monkeypatch):
+    """Make the installed torch reject named pairs as 2.4/2.5 do, and switch off the flag computed at import."""
+    real_add = torch.optim.Optimizer.add_param_group
+
+    def add_param_group(self, param_group):
+        params = param_group["params"]
+        if not isinstance(params, torch.Tensor) and any(isinstance(p, tuple) for p in params):
+            raise TypeError("optimizer can only optimize Tensors, but one of the params is tuple")
+        real_add(self, param_group)
+
+    monkeypatch.setattr(torch.optim.Optimizer, "add_param_group", add_param_group)
+    monkeypatch.setattr(_common, "OPTIMIZER_TAKES_NAMES", False)
+
+
+@pytest.fixture
+def old_torch(monkeypatch):
+    _simulate_old_torch(monkeypatch)
+
+
+def _train_named(name):
+    model = Net()
+    opt = build_optimizer(model, OptimConfig(name=name, lr=0.01, weight_decay=0.1))
+    for seed in range(3):
+        opt.zero_grad()
+        _loss(model, seed).backward()
+        opt.step()
+    return model, opt
+
+
+def _all_groups(opt):
+    return [g for child in getattr(opt, "optimizers", [opt]) for g in child.param_groups]
+
+
+def test_probe_detects_old_torch(old_torch):
+    assert _common._optimizer_takes_names() is False
+
+
+def test_installed_torch_is_probed_correctly():
+    major, minor = (int(part) for part in torch.__version__.split(".")[:2])
+    assert _common.OPTIMIZER_TAKES_NAMES is ((major, minor) >= (2, 6))
+
+
+@pytest.mark.parametrize("name", OPTIMIZER_NAMES)
+def test_old_torch_builds_the_same_optimizer(name, monkeypatch):
+    new_model, new_opt = _train_named(name)
+    with monkeypatch.context() as patch:
+        _simulate_old_torch(patch)
+        old_model, old_opt = _train_named(name)
+        for group in _all_groups(old_opt):
+            assert "param_names" not in group and all(isinstance(p, torch.Tensor) for p in group["params"])
+        fresh = build_optimizer(Net(), OptimConfig(name=name, lr=0.01, weight_decay=0.1))
+        fresh.load_state_dict(old_opt.state_dict())
+    for new, old in zip(new_model.parameters(), old_model.parameters(), strict=True):
+        assert torch.equal(new, old)
+    assert [group_names(g) for g in _all_groups(old_opt)] == [group_names(g) for g in _all_groups(new_opt)]
+    assert all(group_names(g) for g in _all_groups(old_opt))
+
+
+@pytest.mark.parametrize("factory", [Muon, M3, DMGD, DeltaMomentum, PreconditionedMomentum])
+def test_old_torch_optimizers_take_named_pairs_and_groups(factory, old_torch):
+    a, b = nn.Parameter(torch.randn(4, 6)), nn.Parameter(torch.randn(5, 6))
+    opt = factory([("a", a)])
+    opt.add_param_group({"params": [("b", b)], "lr": 0.0})
+    assert [g[NAMES_KEY] for g in opt.param_groups] == [["a"], ["b"]]
+    a.grad, b.grad = torch.randn(4, 6), torch.randn(5, 6)
+    before = b.detach().clone()
+    opt.step()
+    assert torch.equal(b, before) and opt.param_groups[0]["params"][0] is a
+
+
+def test_old_torch_error_messages_name_the_parameter(old_torch):
+    with pytest.raises(ValueError, match="'layer.bias'"):
+        Muon([("layer.weight", nn.Parameter(torch.randn(3, 3))), ("layer.bias", nn.Parameter(torch.zeros(3)))])
+    model = nn.Sequential(nn.Linear(3, 2))
+    opt = DGD(model, lr=0.1)
+    model[0].weight.grad = torch.ones(2, 3)
+    with pytest.raises(RuntimeError, match="'0.weight'"):
+        opt.step()
+    with pytest.raises(ValueError, match="with or without names"):
+        Muon([("a", nn.Parameter(torch.randn(3, 3))), nn.Parameter(torch.randn(3, 3))])

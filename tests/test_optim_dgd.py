@@ -10,6 +10,7 @@ from torch import nn
 
 from nestlearn.errors import ConfigError
 from nestlearn.optim import DGD
+from nestlearn.optim._common import group_names
 
 
 
@@ -101,7 +102,7 @@ def test_other_parameters_take_plain_gradient_steps():
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     opt = DGD(model, lr=0.2)
     assert [g["rule"] for g in opt.param_groups] == ["dgd", "sgd"]
-    assert opt.param_groups[0]["param_names"] == ["0.weight"]
+    assert group_names(opt.param_groups[0]) == ["0.weight"]
     _loss(model(torch.randn(3, 5))).backward()
     grads = {n: p.grad.clone() for n, p in model.named_parameters()}
     opt.step()

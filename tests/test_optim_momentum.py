@@ -45,16 +45,20 @@ def test_two_steps_match_eq_49(side, normalize):
     torch.testing.assert_close(got, w0 + m1 + m2)
 
 
-def test_without_gram_term_it_is_classical_momentum():
+@pytest.mark.parametrize("make", [
+    lambda p: DeltaMomentum([p], lr=0.05, momentum=0.9, eta_m=0.0),
+    lambda p: PreconditionedMomentum([p], lr=0.05, momentum=0.9, preconditioner="identity"),
+], ids=["delta_without_gram_term", "preconditioned_identity"])
+def test_reduces_to_classical_momentum(make):
     grads = _grads(8)
     w0 = torch.randn(5, 7)
     p = nn.Parameter(w0.clone())
     q = nn.Parameter(w0.clone())
-    delta = DeltaMomentum([p], lr=0.05, momentum=0.9, eta_m=0.0)
+    opt = make(p)
     sgd = torch.optim.SGD([q], lr=0.05, momentum=0.9)
     for g in grads:
         p.grad, q.grad = g.clone(), g.clone()
-        delta.step()
+        opt.step()
         sgd.step()
         torch.testing.assert_close(p.detach(), q.detach())
 
@@ -87,19 +91,6 @@ def test_vectors_and_kernels_are_treated_as_row_matrices():
     m2 = m1 @ (0.5 * torch.eye(6) - u.T @ u) - 0.1 * g_bias.reshape(1, 6)
     torch.testing.assert_close(bias.detach(), (m1 + m2).reshape(6))
     assert kernel.shape == (3, 2, 2) and opt.state[kernel]["momentum_buffer"].shape == (3, 4)
-
-
-def test_preconditioned_identity_is_classical_momentum():
-    grads = _grads(6)
-    p = nn.Parameter(torch.zeros(5, 7))
-    q = nn.Parameter(torch.zeros(5, 7))
-    pre = PreconditionedMomentum([p], lr=0.05, momentum=0.9, preconditioner="identity")
-    sgd = torch.optim.SGD([q], lr=0.05, momentum=0.9)
-    for g in grads:
-        p.grad, q.grad = g.clone(), g.clone()
-        pre.step()
-        sgd.step()
-    torch.testing.assert_close(p.detach(), q.detach())
 
 
 def test_preconditioned_rms_two_steps_match_eq_47():

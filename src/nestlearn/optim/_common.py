@@ -1,12 +1,13 @@
-"""Helpers shared by the optimisers: hyper-parameter checks, parameter labels, matrix views."""
+"""Helpers shared by the optimisers: hyper-parameter checks, named parameters, the step loop, matrix views."""
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import Tensor
+from torch.optim import Optimizer
 
 from nestlearn.errors import ConfigError, check_positive, check_range
 
@@ -47,9 +48,51 @@ def check_float_dtype(field: str, value: Any) -> None:
         raise ConfigError(field, f"must be a floating-point torch.dtype (e.g. torch.float32), got {value!r}")
 
 
-def param_label(group: dict[str, Any], index: int, param: Tensor) -> str:
-    """A human-readable name for ``group["params"][index]``: its name when the group has names."""
-    names = group.get("param_names")
+def _optimizer_takes_names() -> bool:
+    """Whether ``torch.optim.Optimizer`` accepts ``(name, tensor)`` pairs (torch >= 2.6; 2.4/2.5 raise TypeError)."""
+    try:
+        torch.optim.SGD([("probe", torch.zeros(1, requires_grad=True))], lr=0.0)
+    except TypeError:
+        return False
+    return True
+
+
+OPTIMIZER_TAKES_NAMES = _optimizer_takes_names()
+NAMES_KEY = "nestlearn_param_names"
+"""Group key that holds the parameter names where torch's own ``"param_names"`` is unavailable."""
+
+
+def split_param_names(param_group: dict[str, Any]) -> dict[str, Any]:
+    """Make a group of ``(name, tensor)`` pairs acceptable to ``torch.optim.Optimizer`` on torch < 2.6.
+
+    torch >= 2.6 splits the pairs itself and keeps the names under ``"param_names"``, so the group is
+    returned as it is. Older versions reject the pairs, so here ``params`` keeps the tensors and the
+    names move to :data:`NAMES_KEY`, which ``state_dict`` saves like any other group option. Returns
+    the same dict, changed in place.
+    """
+    params = param_group["params"]
+    if OPTIMIZER_TAKES_NAMES or isinstance(params, (Tensor, set)):
+        return param_group
+    params = list(params)
+    param_group["params"] = params
+    named = [isinstance(p, tuple) for p in params]
+    if any(named):
+        if not all(named):
+            raise ValueError("all optimizer params should be with or without names; some names are missing")
+        param_group["params"] = [tensor for _, tensor in params]
+        param_group[NAMES_KEY] = [name for name, _ in params]
+    return param_group
+
+
+def group_names(group: dict[str, Any]) -> list[str] | None:
+    """The names of ``group["params"]`` on any torch version, or None for a group built without names."""
+    return group.get("param_names", group.get(NAMES_KEY))
+
+
+def param_label(group: dict[str, Any], param: Tensor) -> str:
+    """A human-readable name for ``param`` of ``group``: its name when the group has names."""
+    index = next(i for i, p in enumerate(group["params"]) if p is param)
+    names = group_names(group)
     if names is not None:
         return repr(names[index])
     return f"#{index} of a param group (shape {tuple(param.shape)})"
@@ -71,6 +114,15 @@ def decoupled_weight_decay(param: Tensor, lr: float, weight_decay: float) -> Non
         param.mul_(1.0 - lr * weight_decay)
 
 
+def apply_update(param: Tensor, group: dict[str, Any], update: Tensor, alpha: float) -> None:
+    """W ← W(1 − lr·weight_decay) + alpha·update with the group's lr and weight_decay.
+
+    ``update`` may be a matrix view (:func:`as_matrix`) of the parameter's shape.
+    """
+    decoupled_weight_decay(param, group["lr"], group["weight_decay"])
+    param.add_(update.view_as(param), alpha=alpha)
+
+
 def evaluate_closure(closure: Any) -> Any:
     """Call ``closure`` with gradients enabled (``step`` itself runs under no_grad) and return its loss."""
     if closure is None:
@@ -84,10 +136,37 @@ def require_matrices(owner: str, group: dict[str, Any]) -> None:
 
     Orthogonalising optimisers (Muon, M3) act on matrices; vectors and scalars belong to AdamW (D20).
     """
-    for index, param in enumerate(group["params"]):
+    for param in group["params"]:
         if param.ndim < 2:
             raise ValueError(
-                f"{owner}: parameter {param_label(group, index, param)} has shape {tuple(param.shape)}; "
+                f"{owner}: parameter {param_label(group, param)} has shape {tuple(param.shape)}; "
                 f"{owner} orthogonalises matrices and needs ndim >= 2. Send vectors, scalars, norms and "
                 "biases to AdamW (nestlearn.optim.route_parameters does this)."
             )
+
+
+class PerParamOptimizer(Optimizer):
+    """Base of the nestlearn optimisers: named parameters on every torch >= 2.4, and the step loop.
+
+    ``params`` may hold ``(name, tensor)`` pairs, in groups or not, on every supported torch version
+    (see :func:`split_param_names`); the names appear in error messages. Subclasses implement
+    :meth:`update`, which :meth:`step` calls under ``no_grad`` for every parameter with a gradient.
+    """
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a param group; subclasses check the new group (``self.param_groups[-1]``) afterwards."""
+        super().add_param_group(split_param_names(param_group))
+
+    def update(self, group: dict[str, Any], param: Tensor, state: dict[str, Any]) -> None:
+        """Update ``param`` in place from ``param.grad``, the group's options and its ``state``."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """Apply one update to every parameter with a gradient; returns the closure's loss if given."""
+        loss = evaluate_closure(closure)
+        for group in self.param_groups:
+            for param in group["params"]:
+                if param.grad is not None:
+                    self.update(group, param, self.state[param])
+        return loss

@@ -6,10 +6,9 @@ from typing import Any, Callable, Iterable
 
 import torch
 from torch import Tensor, nn
-from torch.optim import Optimizer
 
 from nestlearn.errors import check_choice
-from nestlearn.optim._common import check_nonneg, decoupled_weight_decay, evaluate_closure, param_label
+from nestlearn.optim._common import PerParamOptimizer, apply_update, check_nonneg, decoupled_weight_decay, param_label
 
 FORMS = ("long", "neurips")
 
@@ -51,7 +50,7 @@ class _InputRecorder:
         entry[1] += rows.shape[0]
 
 
-class DGD(Optimizer):
+class DGD(PerParamOptimizer):
     """Delta Gradient Descent (NL-L Eqs 54–57; NL-N Eqs 25–29; D1) for the ``nn.Linear`` layers of a model.
 
     Associative-memory reading (spec §3): a linear layer y = W x is a memory that maps its inputs
@@ -147,22 +146,20 @@ class DGD(Optimizer):
         """
         if closure is not None:
             self._clear_inputs()
-        loss = evaluate_closure(closure)
-        for group in self.param_groups:
-            for index, param in enumerate(group["params"]):
-                if param.grad is None:
-                    continue
-                if group["rule"] == "sgd":
-                    decoupled_weight_decay(param, group["lr"], group["weight_decay"])
-                    param.sub_(param.grad, alpha=group["lr"])
-                    continue
-                moment, count = self._recorder.moments.get(id(param), (None, 0))
-                if count == 0:
-                    raise RuntimeError(
-                        f"DGD: linear weight {param_label(group, index, param)} has a gradient but no input was "
-                        "captured; run the module's forward (not F.linear on its weight) with gradients enabled "
-                        "after zero_grad() and before step()")
-                decoupled_weight_decay(param, group["lr"], group["weight_decay"])
-                dgd_update(param, param.grad, (moment / count).to(param.dtype), group["lr"], group["form"])
+        loss = super().step(closure)
         self._clear_inputs()
         return loss
+
+    def update(self, group: dict[str, Any], param: Tensor, state: dict[str, Any]) -> None:
+        """A DGD step on a managed linear weight (``rule == "dgd"``), a GD step on anything else."""
+        if group["rule"] == "sgd":
+            apply_update(param, group, param.grad, -group["lr"])
+            return
+        moment, count = self._recorder.moments.get(id(param), (None, 0))
+        if count == 0:
+            raise RuntimeError(
+                f"DGD: linear weight {param_label(group, param)} has a gradient but no input was "
+                "captured; run the module's forward (not F.linear on its weight) with gradients enabled "
+                "after zero_grad() and before step()")
+        decoupled_weight_decay(param, group["lr"], group["weight_decay"])
+        dgd_update(param, param.grad, (moment / count).to(param.dtype), group["lr"], group["form"])

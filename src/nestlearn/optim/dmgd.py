@@ -8,21 +8,13 @@ to the gradient matrix, each row being one sample, never to the flattened tensor
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
 import torch
 from torch import Tensor
-from torch.optim import Optimizer
 
 from nestlearn.errors import check_choice
-from nestlearn.optim._common import (
-    as_matrix,
-    check_int,
-    check_nonneg,
-    check_unit,
-    decoupled_weight_decay,
-    evaluate_closure,
-)
+from nestlearn.optim._common import PerParamOptimizer, apply_update, as_matrix, check_int, check_nonneg, check_unit
 from nestlearn.optim.muon import muon_scale
 from nestlearn.optim.newton_schulz import NS_COEFFICIENTS, NS_STEPS, newton_schulz, validate_ns_args
 
@@ -56,7 +48,7 @@ def memory_grads(rows: Tensor, w_in: Tensor, w_out: Tensor, activation: str) -> 
     return grad_in, grad_out
 
 
-class DMGD(Optimizer):
+class DMGD(PerParamOptimizer):
     """Deep Momentum GD, Eq 50 of NL-L (NL-N Eq 23), with the L2 internal objective of D21.
 
     Associative-memory reading (spec §2.5): the momentum is no longer a matrix but a 2-layer MLP
@@ -128,39 +120,32 @@ class DMGD(Optimizer):
         check_nonneg("DMGD.weight_decay", group["weight_decay"])
         check_int("DMGD.seed", group["seed"], 0)
 
-    def _init_memory(self, param: Tensor, group: dict[str, Any], position: int) -> dict[str, Tensor]:
+    def _init_memory(self, param: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
+        # Seeded by the parameter's 1-based position over all groups, counting parameters without
+        # gradients too, so a memory's initialisation does not depend on which others had gradients.
+        everything = (p for g in self.param_groups for p in g["params"])
+        position = next(i for i, p in enumerate(everything, 1) if p is param)
         cols = as_matrix(param).shape[1]
         generator = torch.Generator().manual_seed(group["seed"] * 1_000_003 + position)
         w_in = torch.randn(group["hidden"], cols, generator=generator) / math.sqrt(group["hidden"])
         return {"w_in": w_in.to(device=param.device, dtype=param.dtype),
                 "w_out": param.new_zeros(cols, group["hidden"])}
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        """Write every parameter's gradient into its memory, then step along the memory's output."""
-        loss = evaluate_closure(closure)
-        position = 0
-        for group in self.param_groups:
-            for param in group["params"]:
-                position += 1
-                if param.grad is None:
-                    continue
-                state = self.state[param]
-                if not state:
-                    state.update(self._init_memory(param, group, position))
-                grad = as_matrix(param.grad)
-                norm = torch.linalg.matrix_norm(grad)
-                rows = grad / norm.clamp_min(torch.finfo(grad.dtype).tiny)
-                w_in, w_out = state["w_in"], state["w_out"]
-                grad_in, grad_out = memory_grads(rows, w_in, w_out, group["activation"])
-                w_in.mul_(group["momentum"]).sub_(grad_in, alpha=group["memory_lr"])
-                w_out.mul_(group["momentum"]).sub_(grad_out, alpha=group["memory_lr"])
-                recalled = memory_read(rows, w_in, w_out, group["activation"])
-                if group["output"] == "newton_schulz":
-                    update = newton_schulz(recalled, group["ns_steps"], group["ns_coefficients"])
-                    update.mul_(muon_scale(*update.shape, "shape"))
-                else:
-                    update = recalled.mul_(norm)
-                decoupled_weight_decay(param, group["lr"], group["weight_decay"])
-                param.add_(update.view_as(param), alpha=-group["lr"])
-        return loss
+    def update(self, group: dict[str, Any], param: Tensor, state: dict[str, Any]) -> None:
+        """Write the parameter's gradient into its memory, then step along the memory's output."""
+        if not state:
+            state.update(self._init_memory(param, group))
+        grad = as_matrix(param.grad)
+        norm = torch.linalg.matrix_norm(grad)
+        rows = grad / norm.clamp_min(torch.finfo(grad.dtype).tiny)
+        w_in, w_out = state["w_in"], state["w_out"]
+        grad_in, grad_out = memory_grads(rows, w_in, w_out, group["activation"])
+        w_in.mul_(group["momentum"]).sub_(grad_in, alpha=group["memory_lr"])
+        w_out.mul_(group["momentum"]).sub_(grad_out, alpha=group["memory_lr"])
+        recalled = memory_read(rows, w_in, w_out, group["activation"])
+        if group["output"] == "newton_schulz":
+            update = newton_schulz(recalled, group["ns_steps"], group["ns_coefficients"])
+            update.mul_(muon_scale(*update.shape, "shape"))
+        else:
+            update = recalled.mul_(norm)
+        apply_update(param, group, update, -group["lr"])

@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
 import torch
 from torch import Tensor
-from torch.optim import Optimizer
 
 from nestlearn.errors import ConfigError, check_choice
 from nestlearn.optim._common import (
+    PerParamOptimizer,
+    apply_update,
     check_float_dtype,
     check_int,
     check_nonneg,
     check_pos,
     check_unit,
-    decoupled_weight_decay,
-    evaluate_closure,
     require_matrices,
 )
 from nestlearn.optim.newton_schulz import NS_COEFFICIENTS, NS_STEPS, newton_schulz, validate_ns_args
@@ -66,7 +65,7 @@ def m3_refresh_slow(state: dict[str, Any], beta3: float, period: int, variant: s
     state["chunk_sum"].zero_()
 
 
-class M3(Optimizer):
+class M3(PerParamOptimizer):
     """Multi-scale Momentum Muon (M3), Algorithm 1 of NL-L §7.2, implemented literally (D19).
 
     For every weight matrix Θ and optimiser step t = 1, 2, …::
@@ -154,30 +153,20 @@ class M3(Optimizer):
         check_nonneg("M3.weight_decay", group["weight_decay"])
         require_matrices("M3", group)
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        """Apply one step of Algorithm 1 to every parameter with a gradient; returns the closure's loss if given."""
-        loss = evaluate_closure(closure)
-        for group in self.param_groups:
-            betas, variant = group["betas"], group["variant"]
-            for param in group["params"]:
-                if param.grad is None:
-                    continue
-                grad = param.grad.reshape(param.shape[0], -1)
-                state = self.state[param]
-                if not state:
-                    state["step"] = 0
-                    for key in ("M1", "M2", "V", "O2", "chunk_sum"):
-                        state[key] = torch.zeros_like(grad)
-                state["step"] += 1
-                m3_accumulate(grad, state, betas, variant)
-                fast = newton_schulz(state["M1"], group["ns_steps"], group["ns_coefficients"],
-                                     compute_dtype=group["ns_dtype"])
-                update = fast.add_(state["O2"], alpha=group["alpha"]).div_(
-                    m3_denominator(state, betas[1], group["eps"], variant))
-                decoupled_weight_decay(param, group["lr"], group["weight_decay"])
-                param.add_(update.view_as(param), alpha=-group["lr"])
-                if state["step"] % group["slow_period"] == 0:
-                    m3_refresh_slow(state, betas[2], group["slow_period"], variant, group["ns_steps"],
-                                    group["ns_coefficients"], group["ns_dtype"])
-        return loss
+    def update(self, group: dict[str, Any], param: Tensor, state: dict[str, Any]) -> None:
+        """One step of Algorithm 1 for one matrix, then the slow refresh at the end of a chunk."""
+        betas, variant = group["betas"], group["variant"]
+        grad = param.grad.reshape(param.shape[0], -1)
+        if not state:
+            state["step"] = 0
+            for key in ("M1", "M2", "V", "O2", "chunk_sum"):
+                state[key] = torch.zeros_like(grad)
+        state["step"] += 1
+        m3_accumulate(grad, state, betas, variant)
+        fast = newton_schulz(state["M1"], group["ns_steps"], group["ns_coefficients"], compute_dtype=group["ns_dtype"])
+        denominator = m3_denominator(state, betas[1], group["eps"], variant)
+        update = fast.add_(state["O2"], alpha=group["alpha"]).div_(denominator)
+        apply_update(param, group, update, -group["lr"])
+        if state["step"] % group["slow_period"] == 0:
+            m3_refresh_slow(state, betas[2], group["slow_period"], variant, group["ns_steps"],
+                            group["ns_coefficients"], group["ns_dtype"])

@@ -10,17 +10,9 @@ from typing import Any, Callable, Iterable, Union
 
 import torch
 from torch import Tensor
-from torch.optim import Optimizer
 
 from nestlearn.errors import check_choice
-from nestlearn.optim._common import (
-    as_matrix,
-    check_nonneg,
-    check_pos,
-    check_unit,
-    decoupled_weight_decay,
-    evaluate_closure,
-)
+from nestlearn.optim._common import PerParamOptimizer, apply_update, as_matrix, check_nonneg, check_pos, check_unit
 
 PRECONDITIONERS = ("identity", "rms")
 SIDES = ("right", "left")
@@ -73,8 +65,12 @@ def delta_momentum_update(m: Tensor, grad: Tensor, value: Tensor, lr: float, mom
     m.mul_(momentum).sub_(gram_term, alpha=eta_m).sub_(value, alpha=lr)
 
 
-class _MomentumBase(Optimizer):
-    """Shared checks of the momentum memories."""
+class _MomentumBase(PerParamOptimizer):
+    """A momentum memory m asked to store P·∇L, with W ← W + m: shared checks and update order.
+
+    Subclasses give the memory's initial state (:meth:`new_memory`) and its write rule
+    (:meth:`write_memory`).
+    """
 
     _name = "momentum"
 
@@ -90,6 +86,22 @@ class _MomentumBase(Optimizer):
         check_pos(f"{name}.eps", group["eps"])
         if not callable(group["preconditioner"]):
             check_choice(f"{name}.preconditioner", group["preconditioner"], PRECONDITIONERS)
+
+    def new_memory(self, param: Tensor) -> Tensor:
+        """The zero momentum of ``param``."""
+        raise NotImplementedError
+
+    def write_memory(self, group: dict[str, Any], m: Tensor, grad: Tensor, value: Tensor) -> None:
+        """Write the gradient ``grad`` with value P·∇L (``value``) into the momentum ``m`` in place."""
+        raise NotImplementedError
+
+    def update(self, group: dict[str, Any], param: Tensor, state: dict[str, Any]) -> None:
+        """Precondition the gradient, write it into the memory, then W ← W(1 − lr·weight_decay) + m."""
+        if "momentum_buffer" not in state:
+            state["momentum_buffer"] = self.new_memory(param)
+        value = precondition(param.grad, state, group["preconditioner"], group["beta2"], group["eps"])
+        self.write_memory(group, state["momentum_buffer"], param.grad, value)
+        apply_update(param, group, state["momentum_buffer"], 1.0)
 
 
 class DeltaMomentum(_MomentumBase):
@@ -147,24 +159,14 @@ class DeltaMomentum(_MomentumBase):
         check_nonneg("DeltaMomentum.eta_m", group["eta_m"])
         check_choice("DeltaMomentum.side", group["side"], SIDES)
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        """Apply one update to every parameter with a gradient; returns the closure's loss if given."""
-        loss = evaluate_closure(closure)
-        for group in self.param_groups:
-            for param in group["params"]:
-                if param.grad is None:
-                    continue
-                state = self.state[param]
-                if "momentum_buffer" not in state:
-                    state["momentum_buffer"] = torch.zeros_like(as_matrix(param))
-                value = precondition(param.grad, state, group["preconditioner"], group["beta2"], group["eps"])
-                m = state["momentum_buffer"]
-                delta_momentum_update(m, as_matrix(param.grad), as_matrix(value), group["lr"],
-                                      group["momentum"], group["eta_m"], group["side"], group["normalize_grad"])
-                decoupled_weight_decay(param, group["lr"], group["weight_decay"])
-                param.add_(m.view_as(param))
-        return loss
+    def new_memory(self, param: Tensor) -> Tensor:
+        """A zero matrix of the shape of ``as_matrix(param)``."""
+        return torch.zeros_like(as_matrix(param))
+
+    def write_memory(self, group: dict[str, Any], m: Tensor, grad: Tensor, value: Tensor) -> None:
+        """m ← m(αI − η_m ĜᵀĜ) − η P G (or the left form), see :func:`delta_momentum_update`."""
+        delta_momentum_update(m, as_matrix(grad), as_matrix(value), group["lr"], group["momentum"], group["eta_m"],
+                              group["side"], group["normalize_grad"])
 
 
 class PreconditionedMomentum(_MomentumBase):
@@ -206,20 +208,10 @@ class PreconditionedMomentum(_MomentumBase):
                         weight_decay=weight_decay)
         super().__init__(params, defaults)
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        """Apply one update to every parameter with a gradient; returns the closure's loss if given."""
-        loss = evaluate_closure(closure)
-        for group in self.param_groups:
-            for param in group["params"]:
-                if param.grad is None:
-                    continue
-                state = self.state[param]
-                if "momentum_buffer" not in state:
-                    state["momentum_buffer"] = torch.zeros_like(param)
-                value = precondition(param.grad, state, group["preconditioner"], group["beta2"], group["eps"])
-                m = state["momentum_buffer"]
-                m.mul_(group["momentum"]).sub_(value, alpha=group["lr"])
-                decoupled_weight_decay(param, group["lr"], group["weight_decay"])
-                param.add_(m)
-        return loss
+    def new_memory(self, param: Tensor) -> Tensor:
+        """A zero tensor of the parameter's shape."""
+        return torch.zeros_like(param)
+
+    def write_memory(self, group: dict[str, Any], m: Tensor, grad: Tensor, value: Tensor) -> None:
+        """m ← α m − η P ∇L (Eq 47)."""
+        m.mul_(group["momentum"]).sub_(value, alpha=group["lr"])

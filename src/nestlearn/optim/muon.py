@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
 import torch
 from torch import Tensor
-from torch.optim import Optimizer
 
 from nestlearn.errors import check_choice
 from nestlearn.optim._common import (
+    PerParamOptimizer,
+    apply_update,
     check_float_dtype,
     check_nonneg,
     check_unit,
-    decoupled_weight_decay,
-    evaluate_closure,
     require_matrices,
 )
 from nestlearn.optim.newton_schulz import NS_COEFFICIENTS, NS_STEPS, newton_schulz, validate_ns_args
@@ -51,7 +50,7 @@ def momentum_direction(grad: Tensor, buffer: Tensor, momentum: float, nesterov: 
     return buffer
 
 
-class Muon(Optimizer):
+class Muon(PerParamOptimizer):
     """Muon (NL-L Eq 42): W ← W − lr·s·NS_T(m), m ← μ m + ∇L, with decoupled weight decay.
 
     Associative-memory reading (spec §2.3, §2.7): two nested levels act on every weight matrix.
@@ -106,23 +105,11 @@ class Muon(Optimizer):
         check_choice("Muon.scale", group["scale"], SCALE_MODES)
         require_matrices("Muon", group)
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        """Apply one update to every parameter with a gradient; returns the closure's loss if given."""
-        loss = evaluate_closure(closure)
-        for group in self.param_groups:
-            for param in group["params"]:
-                if param.grad is None:
-                    continue
-                grad = param.grad.reshape(param.shape[0], -1)
-                state = self.state[param]
-                if not state:
-                    state["momentum_buffer"] = torch.zeros_like(grad)
-                direction = momentum_direction(grad, state["momentum_buffer"], group["momentum"],
-                                               group["nesterov"])
-                update = newton_schulz(direction, group["ns_steps"], group["ns_coefficients"],
-                                       compute_dtype=group["ns_dtype"])
-                rows, cols = update.shape
-                decoupled_weight_decay(param, group["lr"], group["weight_decay"])
-                param.add_(update.view_as(param), alpha=-group["lr"] * muon_scale(rows, cols, group["scale"]))
-        return loss
+    def update(self, group: dict[str, Any], param: Tensor, state: dict[str, Any]) -> None:
+        """Momentum, Newton–Schulz, scaling and decoupled decay for one matrix."""
+        grad = param.grad.reshape(param.shape[0], -1)
+        if not state:
+            state["momentum_buffer"] = torch.zeros_like(grad)
+        direction = momentum_direction(grad, state["momentum_buffer"], group["momentum"], group["nesterov"])
+        update = newton_schulz(direction, group["ns_steps"], group["ns_coefficients"], compute_dtype=group["ns_dtype"])
+        apply_update(param, group, update, -group["lr"] * muon_scale(*update.shape, group["scale"]))

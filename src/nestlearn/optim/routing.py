@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from nestlearn.optim._common import evaluate_closure
+from nestlearn.optim._common import evaluate_closure, split_param_names
 
 NO_MUON_ATTR = "_nestlearn_no_muon"
 """Set this attribute to True on a parameter (or on a module, for all its own parameters) to send
@@ -133,7 +133,8 @@ def adamw_groups(named: Sequence[tuple[str, nn.Parameter]], reasons: Mapping[str
     """Param groups for AdamW: weight decay on tensors with ndim >= 2 except embeddings, none elsewhere.
 
     So norms, biases, scalars and embeddings (with any head tied to them) are not decayed; hidden
-    matrices, untied heads and convolution kernels are. Empty groups are dropped.
+    matrices, untied heads and convolution kernels are. Empty groups are dropped. The groups keep
+    the names in the form the installed torch accepts (:func:`~nestlearn.optim._common.split_param_names`).
     """
     def decayed(name: str, param: Tensor) -> bool:
         return param.ndim >= 2 and reasons.get(name) != "embedding"
@@ -141,7 +142,7 @@ def adamw_groups(named: Sequence[tuple[str, nn.Parameter]], reasons: Mapping[str
     decay = [(n, p) for n, p in named if decayed(n, p)]
     no_decay = [(n, p) for n, p in named if not decayed(n, p)]
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return [g for g in groups if g["params"]]
+    return [split_param_names(g) for g in groups if g["params"]]
 
 
 class _MergedState(Mapping):
