@@ -1,4 +1,4 @@
-"""The ``nestlearn`` command: train | eval | generate | demo | info.
+"""The ``nestlearn`` command: train | eval | generate | learn | demo | info.
 
 User errors (a bad config value, a missing file, a corrupt checkpoint) print one line starting with
 ``error:`` and exit with status 2; there is no traceback for them.
@@ -140,12 +140,39 @@ def cmd_generate(args: argparse.Namespace) -> None:
     from nestlearn.train.trainer import load_model
 
     model, tokenizer, _ = load_model(args.checkpoint, args.device)
+    state = None
+    if args.state:
+        from nestlearn.stateful import load_state
+
+        state, _ = load_state(args.state, model)
     prompt = torch.from_numpy(tokenizer.encode(args.prompt.encode("utf-8")))[None].to(args.device)
     if prompt.shape[1] == 0:
         raise NestlearnError("--prompt must not be empty")
     gen = torch.Generator(device=args.device).manual_seed(args.seed)
-    ids, _ = model.generate(prompt, args.tokens, args.temperature, args.top_k, gen)
+    ids, _ = model.generate(prompt, args.tokens, args.temperature, args.top_k, gen, state=state)
     print(tokenizer.decode(ids[0].tolist()))
+
+
+def cmd_learn(args: argparse.Namespace) -> None:
+    from nestlearn.stateful import learn, load_state, save_state
+    from nestlearn.train.trainer import load_model
+
+    model, tokenizer, _ = load_model(args.checkpoint, args.device)
+    text_path = Path(args.text)
+    if not text_path.is_file():
+        raise NestlearnError(f"--text: file not found: {text_path}")
+    state = None
+    if Path(args.state).exists() and not args.fresh:
+        state, _ = load_state(args.state, model)
+    ids = torch.from_numpy(tokenizer.encode(text_path.read_bytes()))
+    separator = None
+    if args.separator is not None:
+        separator = torch.from_numpy(tokenizer.encode(args.separator.encode("utf-8").decode("unicode_escape").encode("utf-8")))
+    policy = args.policy or ("separator" if separator is not None else "carry")
+    state, stats = learn(model, ids, state, args.segment, policy, separator)
+    save_state(args.state, model, state, {"text": str(text_path), **stats})
+    print(f"read {stats['tokens']:,} tokens ({stats['documents']} document(s), policy {policy}) into {args.state}; "
+          f"stream position {state.pos:,}; {stats['bits_per_token']:.3f} bits per token while reading")
 
 
 def cmd_info(args: argparse.Namespace) -> None:
@@ -199,7 +226,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--state", metavar="FILE", help="continue from a fast state written by 'nestlearn learn'")
     p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("learn", help="read a text into the model's fast memories and save the state")
+    p.add_argument("checkpoint", help="run folder or checkpoint file")
+    p.add_argument("--text", required=True, metavar="FILE", help="the text to read")
+    p.add_argument("--state", required=True, metavar="FILE",
+                   help="state file: continued if it exists (unless --fresh), then overwritten")
+    p.add_argument("--fresh", action="store_true", help="start from the initial state even if --state exists")
+    p.add_argument("--policy", choices=("carry", "reset", "separator"),
+                   help="when the state resets: never (carry, default), every segment, or at each --separator")
+    p.add_argument("--separator", help=r"document separator, e.g. '\n\n' (implies --policy separator)")
+    p.add_argument("--segment", type=int, default=512, help="tokens per forward pass")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=cmd_learn)
 
     p = sub.add_parser("info", help="environment and model families, or a checkpoint's metadata")
     p.add_argument("checkpoint", nargs="?", help="run folder or checkpoint file")
