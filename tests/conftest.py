@@ -37,6 +37,24 @@ def _one_thread():
 
 
 @pytest.fixture
+def fit_batch():
+    """``fit(model, tokens, steps, lr)``: AdamW on one repeated batch (B, T+1); returns every step's loss."""
+
+    def fit(model, tokens, steps, lr=3e-3):
+        opt = torch.optim.AdamW(model.parameters(), lr=lr)
+        losses = []
+        for _ in range(steps):
+            loss = model(tokens[:, :-1], targets=tokens[:, 1:]).loss
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+        return losses
+
+    return fit
+
+
+@pytest.fixture
 def tiny_text(tmp_path):
     """A small local corpus: the first 60 KB of the KJV train split."""
     from nestlearn.data.kjv import kjv_splits

@@ -127,7 +127,7 @@ def test_bad_config(kwargs, field):
         CMS(D, CMSConfig(**kwargs))
 
 
-def test_hope_attention_model_streams_and_trains():
+def test_hope_attention_model_streams_and_trains(fit_batch):
     from nestlearn.config import from_dict
     from nestlearn.models import CausalLM
     from nestlearn.models.hope_attention import HopeAttentionConfig
@@ -144,13 +144,5 @@ def test_hope_attention_model_streams_and_trains():
         parts.append(out.logits)
         state = out.state
     torch.testing.assert_close(torch.cat(parts, 1), whole, rtol=0, atol=1e-10)
-    model = model.float()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    losses = []
-    for _ in range(40):
-        loss = model(x[:, :-1], targets=x[:, 1:]).loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = fit_batch(model.float(), x, 40, lr=1e-2)
     assert losses[-1] < 0.5 * losses[0]

@@ -77,19 +77,12 @@ def test_segments_with_carried_state_equal_one_pass(changes):
     assert all((state.flat()[k] - end[k]).abs().max().item() < 1e-10 for k in end)
 
 
-def test_tiny_hope_learns_a_repeated_batch():
+def test_tiny_hope_learns_a_repeated_batch(fit_batch):
     torch.manual_seed(0)
     model = CausalLM(tiny_config())
     x = torch.randint(0, 32, (4, 33))
     # The learning rate of the tiny configs; at 1e-2 the self-referential writes diverge after ~20 steps.
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    losses = []
-    for _ in range(40):
-        loss = model(x[:, :-1], targets=x[:, 1:]).loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = fit_batch(model, x, 40, lr=3e-3)
     assert all(map(math.isfinite, losses))
     assert losses[-1] < 0.7 * losses[0]
 

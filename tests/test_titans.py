@@ -133,16 +133,9 @@ def test_model_state_saves_with_safetensors(family, tmp_path):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_tiny_model_learns_repeated_batch(family):
+def test_tiny_model_learns_repeated_batch(family, fit_batch):
     torch.manual_seed(0)
     model = CausalLM(tiny(family, d_model=32))
     tokens = torch.randint(0, 40, (4, 33))
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    losses = []
-    for _ in range(25):
-        loss = model(tokens[:, :-1], targets=tokens[:, 1:]).loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = fit_batch(model, tokens, 25, lr=3e-3)
     assert losses[-1] < 0.7 * losses[0]
