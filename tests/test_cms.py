@@ -4,19 +4,25 @@ import pytest
 import torch
 
 from nestlearn.errors import ConfigError
-from nestlearn.layers.cms import CMS, CMSConfig, cms_reference
+from nestlearn.layers.cms import (
+    CMS,
+    CMSConfig,
+    cms_reference,
+    swiglu_apply,
+    swiglu_factors,
+)
 
 D = 8
 
 
-def make(variant="sequential", order="slow_first", eta_max=1.0, chunk_sizes=(12, 4, 2), seed=0):
+def make(variant="sequential", order="slow_first", eta_max=1.0, chunk_sizes=(12, 4, 2), seed=0, form="mlp"):
     torch.manual_seed(seed)
     cms = CMS(D, CMSConfig(chunk_sizes=chunk_sizes, variant=variant, order=order, hidden_mult=2,
-                           eta_max=eta_max, eta_init=0.5)).double()
+                           eta_max=eta_max, eta_init=0.5, level_form=form)).double()
     with torch.no_grad():  # non-trivial slow parameters so every term of the update matters
         for level in cms.levels:
             level.eta.weight.normal_(0, 0.3)
-            level.w_out.normal_(0, 0.1)
+            level.initial["W1"].normal_(0, 0.1)
             level.norm.weight.uniform_(0.5, 1.5)
         if cms.agg is not None:
             cms.agg.normal_()
@@ -25,12 +31,30 @@ def make(variant="sequential", order="slow_first", eta_max=1.0, chunk_sizes=(12,
 
 VARIANTS = [("sequential", "slow_first"), ("sequential", "fast_first"), ("nested", "slow_first"),
             ("independent", "slow_first")]
+FORMS = ["mlp", "swiglu"]
 
 
+def test_swiglu_closed_form_gradients_match_autograd():
+    torch.manual_seed(0)
+    h = 12
+    w = {"W1": torch.randn(2, D, h, dtype=torch.float64) * 0.3, "W2": torch.randn(2, h, D, dtype=torch.float64),
+         "W3": torch.randn(2, h, D, dtype=torch.float64)}
+    z, target = torch.randn(2, 5, D, dtype=torch.float64), torch.randn(2, 5, D, dtype=torch.float64)
+    factors = swiglu_factors(w, z, target)
+    for t in range(5):
+        leaves = {n: p.clone().requires_grad_(True) for n, p in w.items()}
+        loss = 0.5 * (swiglu_apply(leaves, z[:, t:t + 1]) - target[:, t:t + 1]).pow(2).sum()
+        grads = torch.autograd.grad(loss, list(leaves.values()))
+        for name, grad in zip(leaves, grads):
+            e, p = factors[name]
+            torch.testing.assert_close(e[:, t, :, None] * p[:, t, None, :], grad, rtol=1e-12, atol=1e-12, msg=name)
+
+
+@pytest.mark.parametrize("form", FORMS)
 @pytest.mark.parametrize("variant, order", VARIANTS)
 @pytest.mark.parametrize("length, pos", [(1, 0), (7, 0), (37, 0), (29, 5)])
-def test_fast_path_equals_reference(variant, order, length, pos):
-    cms = make(variant, order)
+def test_fast_path_equals_reference(variant, order, length, pos, form):
+    cms = make(variant, order, form=form)
     x = torch.randn(3, length, D, dtype=torch.float64)
     state = cms.init_state(3, dtype=torch.float64)
     y, s = cms(x, state, pos)
@@ -42,9 +66,10 @@ def test_fast_path_equals_reference(variant, order, length, pos):
         torch.testing.assert_close(s[key], s_ref[key], rtol=0, atol=1e-10, msg=key)
 
 
+@pytest.mark.parametrize("form", FORMS)
 @pytest.mark.parametrize("variant, order", VARIANTS)
-def test_gradients_agree_with_reference(variant, order):
-    cms = make(variant, order)
+def test_gradients_agree_with_reference(variant, order, form):
+    cms = make(variant, order, form=form)
     x = torch.randn(2, 15, D, dtype=torch.float64, requires_grad=True)
     params = [x, *cms.parameters()]
     g_fast = torch.autograd.grad(cms(x)[0].pow(2).sum(), params)
@@ -53,16 +78,18 @@ def test_gradients_agree_with_reference(variant, order):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
 
 
-def test_gradcheck_through_writes():
-    cms = make("nested", chunk_sizes=(4, 2))
+@pytest.mark.parametrize("form", FORMS)
+def test_gradcheck_through_writes(form):
+    cms = make("nested", chunk_sizes=(4, 2), form=form)
     x = torch.randn(1, 9, D, dtype=torch.float64, requires_grad=True)
-    w_in = cms.levels[1].w_in
+    w_in = cms.levels[1].initial["W2"]
     assert torch.autograd.gradcheck(lambda inp, w: cms(inp)[0], (x, w_in))
 
 
-def test_segments_with_carried_state_equal_one_pass():
+@pytest.mark.parametrize("form", FORMS)
+def test_segments_with_carried_state_equal_one_pass(form):
     for variant, order in VARIANTS:
-        cms = make(variant, order)
+        cms = make(variant, order, form=form)
         x = torch.randn(2, 41, D, dtype=torch.float64)
         whole, s_whole = cms(x)
         state, parts = None, []
@@ -91,15 +118,18 @@ def test_batch_isolation_and_causality():
 
 def static_chain(cms, x):
     for level in cms.levels:
-        x = level.read({"W1": level.w_out, "W2": level.w_in}, x)
+        x = level.read(level.initial, x)
     return x
 
 
-def test_zero_learning_rate_is_the_static_mlp_chain_and_writes_start_after_a_chunk():
-    frozen = make(eta_max=0.0)
+@pytest.mark.parametrize("form", FORMS)
+def test_zero_learning_rate_is_the_static_mlp_chain_and_writes_start_after_a_chunk(form):
+    frozen = make(eta_max=0.0, form=form)
     x = torch.randn(2, 25, D, dtype=torch.float64)
-    torch.testing.assert_close(frozen(x)[0], static_chain(frozen, x), rtol=0, atol=1e-12)
-    live = make(eta_max=1.0)
+    y, state = frozen(x)
+    assert torch.equal(y, static_chain(frozen, x)) and state == {}
+    torch.testing.assert_close(cms_reference(frozen, x)[0], y, rtol=0, atol=1e-12)
+    live = make(eta_max=1.0, form=form)
     y, static = live(x)[0], static_chain(live, x)
     fastest = live.cfg.chunk_sizes[-1]
     torch.testing.assert_close(y[:, :fastest], static[:, :fastest], rtol=0, atol=1e-12)
@@ -121,6 +151,11 @@ def test_nested_level_restarts_from_its_fast_initial_state():
     ({"variant": "parallel"}, "cms.variant: must be one of"),
     ({"signal": "lss"}, "cms.signal: must be one of 'kv'"),
     ({"eta_max": -1.0}, "cms.eta_max"),
+    ({"level_form": "geglu"}, "cms.level_form: must be one of"),
+    ({"level_form": "swiglu", "activation": "gelu"}, "cms.activation: the swiglu level form gates with SiLU"),
+    ({"hidden": 0}, "cms.hidden"),
+    ({"level_assignment": "depth_groups", "variant": "nested", "chunk_sizes": (4, 2)}, "cms.variant: depth_groups"),
+    ({"level_assignment": "depth_groups"}, "cms.level_assignment: 'depth_groups' spreads levels"),
 ])
 def test_bad_config(kwargs, field):
     with pytest.raises(ConfigError, match=field):

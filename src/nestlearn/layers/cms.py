@@ -1,12 +1,14 @@
 """Continuum Memory System (CMS): a chain of MLP levels, level ℓ written once every C(ℓ) tokens.
 
-NL-L §7.1, Eqs 70–74 (spec §6); decisions D13–D16. Level ℓ is the residual MLP
+NL-L §7.1, Eqs 70–74 (spec §6); decisions D13–D17. Level ℓ is the residual MLP
 
-    F_ℓ(x) = x + W_out σ(W_in n(x))          (n: RMSNorm with a slow gain; D15)
+    F_ℓ(x) = x + W_out σ(W_in n(x))                          (``level_form="mlp"``; n: RMSNorm, D15)
+    F_ℓ(x) = x + W_down (SiLU(W_gate n(x)) ⊙ W_up n(x))       (``level_form="swiglu"``, D15)
 
-whose weights (W_in, W_out) are a per-sample fast state (D2) starting from meta-learned initial
-values. Eq 71 with the ``kv`` update signal (D13): inside a chunk of C(ℓ) tokens the level reads with
-its chunk-start weights θ_b; at the chunk's end it writes
+(the SwiGLU form keeps a pre-trained Transformer++ MLP as the level's initial state, spec §6.4),
+whose weights (W_in, W_out), resp. (W_gate, W_up, W_down), are a per-sample fast state (D2)
+starting from meta-learned initial values. Eq 71 with the ``kv`` update signal (D13): inside a
+chunk of C(ℓ) tokens the level reads with its chunk-start weights θ_b; at the chunk's end it writes
 
     θ ← θ − Σ_{t ∈ chunk} η_t ∇_θ ½‖F_θb(k_t) − v_t‖²,    k_t = W_k x_t, v_t = W_v x_t,
     η_t = η_max · sigmoid(w_ηᵀ x_t + b_η) / (C(ℓ) · d),
@@ -17,7 +19,10 @@ chunk are taken at the same point and each grows with ‖n(k)‖² = d, so an un
 one (C, d) diverges for another. This is the associative-memory
 primitive of :mod:`nestlearn.memory` with objective L2 and plain GD: a level is the non-residual MLP
 memory applied to n(k) with target v − k, and its inner gradients are the closed forms of spec §5.8
-(:func:`nestlearn.memory.boundary_factors`).
+(:func:`nestlearn.memory.boundary_factors`; for the SwiGLU form :func:`swiglu_factors`).
+A level with η_max = 0 never changes, so it holds no fast state and reads its initial weights
+directly: it is the static MLP (spec §6.4: η → 0 reduces to the pre-trained model), computed with
+the same unbatched products as an ordinary MLP layer.
 
 Variants (``variant``): ``"sequential"`` (Eq 73, the chain of Eq 70), ``"nested"`` (Eq 72: level
 s+1 is re-initialised at every chunk boundary of level s from an initial state that is itself a fast
@@ -36,11 +41,19 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from nestlearn.errors import ConfigError, check_choice, check_positive
 from nestlearn.layers.norm import RMSNorm
-from nestlearn.memory import MemorySpec, activation, boundary_factors, chunk_bounds
+from nestlearn.memory import (
+    MemorySpec,
+    activation,
+    activation_grad,
+    boundary_factors,
+    chunk_bounds,
+    memory_apply,
+)
 
 Tensor = torch.Tensor
 State = dict[str, Tensor]
@@ -49,6 +62,8 @@ VARIANTS = ("sequential", "nested", "independent")
 ORDERS = ("slow_first", "fast_first")
 SIGNALS = ("kv",)
 ACTIVATIONS = ("silu", "gelu")
+LEVEL_FORMS = ("mlp", "swiglu")
+LEVEL_ASSIGNMENTS = ("every_layer", "depth_groups")
 
 
 @dataclass
@@ -59,7 +74,14 @@ class CMSConfig:
         order: ``"slow_first"`` or ``"fast_first"`` application order of the chain.
         signal: update signal; ``"kv"`` (local key-value regression).
         hidden_mult: hidden width of each level as a multiple of d.
-        activation: σ, ``"silu"`` or ``"gelu"``.
+        hidden: hidden width of each level; None means ``hidden_mult``·d (stacking sets the
+            pre-trained MLP's width).
+        activation: σ, ``"silu"`` or ``"gelu"``; the SwiGLU form needs ``"silu"``.
+        level_form: ``"mlp"`` (x + W_out σ(W_in n(x))) or ``"swiglu"`` (x + W_down(SiLU(W_gate n(x)) ⊙ W_up n(x))), D15.
+        level_assignment: how a model spreads the levels over its layers (D17): ``"every_layer"``
+            (every block holds the whole chain) or ``"depth_groups"`` (block i holds one level, the
+            one of its contiguous depth group, shallow layers slowest; see :func:`depth_group_chunk_sizes`).
+            A model-level layout, read by the family (``hope_attention``), not by :class:`CMS`.
         eta_max: bound of the level learning rate in units of 1/(C·d) (see the module docstring); 0 freezes every level.
         eta_init: initial η_t as a fraction of ``eta_max`` (sets b_η).
     """
@@ -69,7 +91,10 @@ class CMSConfig:
     order: str = "slow_first"
     signal: str = "kv"
     hidden_mult: int = 4
+    hidden: int | None = None
     activation: str = "silu"
+    level_form: str = "mlp"
+    level_assignment: str = "every_layer"
     eta_max: float = 1.0
     eta_init: float = 0.1
 
@@ -84,7 +109,16 @@ class CMSConfig:
         check_choice(f"{prefix}.order", self.order, ORDERS)
         check_choice(f"{prefix}.signal", self.signal, SIGNALS)
         check_positive(f"{prefix}.hidden_mult", self.hidden_mult)
+        if self.hidden is not None:
+            check_positive(f"{prefix}.hidden", self.hidden)
         check_choice(f"{prefix}.activation", self.activation, ACTIVATIONS)
+        check_choice(f"{prefix}.level_form", self.level_form, LEVEL_FORMS)
+        if self.level_form == "swiglu" and self.activation != "silu":
+            raise ConfigError(f"{prefix}.activation", f"the swiglu level form gates with SiLU, got {self.activation!r}")
+        check_choice(f"{prefix}.level_assignment", self.level_assignment, LEVEL_ASSIGNMENTS)
+        if self.level_assignment == "depth_groups" and self.variant != "sequential":
+            raise ConfigError(f"{prefix}.variant", f"depth_groups puts one level in each block, so only the "
+                              f"sequential variant applies, got {self.variant!r}")
         check_positive(f"{prefix}.eta_max", self.eta_max, allow_zero=True)
         if not 0 < self.eta_init < 1:
             raise ConfigError(f"{prefix}.eta_init", f"must lie in (0, 1), got {self.eta_init}")
@@ -95,41 +129,112 @@ class CMSConfig:
                                       f"the slower one, got {fast} and {slow}")
 
 
+def depth_group_chunk_sizes(n_layers: int, chunk_sizes: tuple[int, ...]) -> tuple[int, ...]:
+    """The chunk size of each layer under ``level_assignment="depth_groups"`` (D17, spec §6.4).
+
+    Layer i of L belongs to group ⌊i·k/L⌋ of k = ``len(chunk_sizes)``: contiguous groups by depth
+    whose sizes differ by at most one. Group g gets level g's chunk size; levels are listed slowest
+    first (D14), so the shallow layers are the slow ones [Interp, D17: provisional].
+    """
+    levels = len(chunk_sizes)
+    if levels > n_layers:
+        raise ConfigError("model.cms.chunk_sizes", f"depth_groups needs at most one level per layer, got "
+                          f"{levels} levels for model.n_layers={n_layers}")
+    return tuple(chunk_sizes[i * levels // n_layers] for i in range(n_layers))
+
+
+def swiglu_apply(weights: State, z: Tensor) -> Tensor:
+    """The SwiGLU body W₁ (SiLU(W₂ z) ⊙ W₃ z) with W₁ = W_down, W₂ = W_gate, W₃ = W_up.
+
+    Args:
+        weights: ``{"W1": (..., d, h), "W2": (..., h, d), "W3": (..., h, d)}``.
+        z: (..., n, d).
+    """
+    return (F.silu(z @ weights["W2"].mT) * (z @ weights["W3"].mT)) @ weights["W1"].mT
+
+
+def swiglu_factors(weights: State, z: Tensor, target: Tensor) -> dict[str, tuple[Tensor, Tensor]]:
+    """Closed-form per-token gradients of ℓ = ½‖W₁ a − y‖², a = SiLU(W₂ z) ⊙ W₃ z, as rank-1 factors.
+
+    The SwiGLU counterpart of spec §5.8 [Interp]. With g = W₂ z, u = W₃ z, e = W₁ a − y and
+    δ = W₁ᵀ e:
+
+        ∇_{W₁} ℓ = e aᵀ,    ∇_{W₂} ℓ = (δ ⊙ u ⊙ SiLU'(g)) zᵀ,    ∇_{W₃} ℓ = (δ ⊙ SiLU(g)) zᵀ.
+
+    For a CMS level z = n(k) and y = v − k, so e = F(k) − v (the residual is weight-free).
+
+    Args:
+        weights: see :func:`swiglu_apply`.
+        z: (..., n, d); target: (..., n, d).
+
+    Returns:
+        weight name -> (E: (..., n, rows of that weight), P: (..., n, columns of that weight)).
+    """
+    gate, up = z @ weights["W2"].mT, z @ weights["W3"].mT
+    silu = F.silu(gate)
+    act = silu * up
+    e = act @ weights["W1"].mT - target
+    delta = e @ weights["W1"]
+    return {"W1": (e, act), "W2": (delta * up * activation_grad("silu", gate), z), "W3": (delta * silu, z)}
+
+
 class CMSLevel(nn.Module):
-    """The slow parameters of one level: norm gain, initial fast weights, k/v projections, η gate."""
+    """The slow parameters of one level: norm gain, initial fast weights, k/v projections, η gate.
+
+    Initial fast weights: ``w_in``, ``w_out`` (form ``"mlp"``) or ``w_gate``, ``w_up``, ``w_down``
+    (form ``"swiglu"``); :attr:`initial` names them by their state keys W1, W2(, W3).
+    """
 
     def __init__(self, d_model: int, hidden: int, chunk_size: int, cfg: CMSConfig, eps: float = 1e-6):
         super().__init__()
         self.chunk_size = chunk_size
+        self.form = cfg.level_form
+        self.static = cfg.eta_max == 0
         self.eta_scale = cfg.eta_max / (chunk_size * d_model)
         self.eta_init = cfg.eta_init
         self.spec = MemorySpec(kind="mlp", objective="l2", rule="gd", momentum="none", chunk_size=chunk_size,
                                activation=cfg.activation, residual=False, field="cms")
         self.norm = RMSNorm(d_model, eps)
-        self.w_in = nn.Parameter(torch.empty(hidden, d_model))
-        self.w_out = nn.Parameter(torch.empty(d_model, hidden))
+        if self.form == "mlp":
+            self.w_in = nn.Parameter(torch.empty(hidden, d_model))
+            self.w_out = nn.Parameter(torch.empty(d_model, hidden))
+        else:
+            self.w_gate = nn.Parameter(torch.empty(hidden, d_model))
+            self.w_up = nn.Parameter(torch.empty(hidden, d_model))
+            self.w_down = nn.Parameter(torch.empty(d_model, hidden))
         self.key = nn.Linear(d_model, d_model, bias=False)
         self.value = nn.Linear(d_model, d_model, bias=False)
         self.eta = nn.Linear(d_model, 1)
         self.reset_special_parameters()
 
+    @property
+    def initial(self) -> State:
+        """State key -> initial fast weight: W1 is the output matrix, W2 (and W3) the input ones."""
+        if self.form == "mlp":
+            return {"W1": self.w_out, "W2": self.w_in}
+        return {"W1": self.w_down, "W2": self.w_gate, "W3": self.w_up}
+
     def reset_special_parameters(self) -> None:
-        nn.init.normal_(self.w_in, std=1.0 / math.sqrt(self.w_in.shape[1]))
-        nn.init.normal_(self.w_out, std=0.02 / math.sqrt(self.w_out.shape[1] / self.w_out.shape[0]))
+        init = self.initial
+        for name in ("W2", "W3")[:len(init) - 1]:
+            nn.init.normal_(init[name], std=1.0 / math.sqrt(init[name].shape[1]))
+        w_out = init["W1"]
+        nn.init.normal_(w_out, std=0.02 / math.sqrt(w_out.shape[1] / w_out.shape[0]))
         nn.init.zeros_(self.eta.weight)
         nn.init.constant_(self.eta.bias, math.log(self.eta_init / (1 - self.eta_init)))
 
     def read(self, weights: State, x: Tensor, x_norm: Tensor | None = None) -> Tensor:
         """F(x) with fixed weights: x (B, n, d) -> (B, n, d); ``x_norm`` is n(x) if already computed."""
         x_norm = self.norm(x) if x_norm is None else x_norm
-        h = activation(self.spec.activation, x_norm @ weights["W2"].mT)
-        return x + h @ weights["W1"].mT
+        if self.form == "mlp":
+            return x + memory_apply(self.spec, weights, x_norm)
+        return x + swiglu_apply(weights, x_norm)
 
     def write_inputs(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """The parts of the write that do not depend on the fast weights, for all tokens of x (B, n, d).
 
         Returns:
-            n(k): (B, n, d), the inner key; v − k: (B, n, d), the target of the non-residual MLP;
+            n(k): (B, n, d), the inner key; v − k: (B, n, d), the target of the non-residual body;
             η: (B, n, 1).
         """
         k, v = self.key(x), self.value(x)
@@ -137,7 +242,10 @@ class CMSLevel(nn.Module):
 
     def write_sum(self, weights: State, key: Tensor, target: Tensor, eta: Tensor) -> State:
         """Σ_t η_t ∇_θ ½‖F_θ(k_t) − v_t‖² over a chunk, at ``weights``, in closed form (spec §5.8)."""
-        factors = boundary_factors(self.spec, weights, key, target)
+        if self.form == "mlp":
+            factors = boundary_factors(self.spec, weights, key, target)
+        else:
+            factors = swiglu_factors(weights, key, target)
         return {name: (e * eta).mT @ p for name, (e, p) in factors.items()}
 
     def eta_of(self, x: Tensor) -> Tensor:
@@ -148,29 +256,35 @@ class CMSLevel(nn.Module):
 class CMS(nn.Module):
     """A Continuum Memory System over width ``d_model`` (see the module docstring).
 
-    State keys per level i: ``{i}.W1``, ``{i}.W2`` (fast W_out, W_in), ``{i}.G1``, ``{i}.G2`` (the
-    pending write of the current partial chunk) and, in the nested variant for levels i ≥ 1,
-    ``{i}.I1``, ``{i}.I2``, ``{i}.H1``, ``{i}.H2`` (the fast initial state and its pending write).
+    State keys per level i, for each fast weight W{j} of the level (j = 1, 2, and 3 for SwiGLU):
+    ``{i}.W{j}`` (the fast weight), ``{i}.G{j}`` (the pending write of the current partial chunk)
+    and, in the nested variant for levels i ≥ 1, ``{i}.I{j}``, ``{i}.H{j}`` (the fast initial state
+    and its pending write). Static levels (η_max = 0) have no state.
     """
 
     def __init__(self, d_model: int, cfg: CMSConfig, eps: float = 1e-6):
         super().__init__()
         cfg.validate()
+        if cfg.level_assignment != "every_layer":
+            raise ConfigError("cms.level_assignment", f"{cfg.level_assignment!r} spreads levels over a model's "
+                              "layers; this model family builds every block with the whole chain (use 'every_layer')")
         self.cfg = cfg
-        hidden = cfg.hidden_mult * d_model
+        hidden = cfg.hidden or cfg.hidden_mult * d_model
         self.levels = nn.ModuleList(CMSLevel(d_model, hidden, c, cfg, eps) for c in cfg.chunk_sizes)
         self.agg = nn.Parameter(torch.zeros(len(cfg.chunk_sizes))) if cfg.variant == "independent" else None
 
     def init_state(self, batch_size: int, device=None, dtype=None) -> State:
         state = {}
         for i, level in enumerate(self.levels):
-            w = {"W1": level.w_out, "W2": level.w_in}
-            for name, p in w.items():
+            if level.static:
+                continue
+            for name, p in level.initial.items():
+                j = name[1:]
                 state[f"{i}.{name}"] = p.to(device=device, dtype=dtype).expand(batch_size, *p.shape)
-                state[f"{i}.G{name[1]}"] = torch.zeros(batch_size, *p.shape, device=device, dtype=dtype)
+                state[f"{i}.G{j}"] = torch.zeros(batch_size, *p.shape, device=device, dtype=dtype)
                 if self.cfg.variant == "nested" and i > 0:
-                    state[f"{i}.I{name[1]}"] = state[f"{i}.{name}"]
-                    state[f"{i}.H{name[1]}"] = torch.zeros(batch_size, *p.shape, device=device, dtype=dtype)
+                    state[f"{i}.I{j}"] = state[f"{i}.{name}"]
+                    state[f"{i}.H{j}"] = torch.zeros(batch_size, *p.shape, device=device, dtype=dtype)
         return state
 
     def _apply_order(self) -> list[int]:
@@ -198,13 +312,16 @@ class CMS(nn.Module):
     def _level_scan(self, i: int, x: Tensor, state: State, pos: int) -> tuple[Tensor, State]:
         """Run level i over x chunk by chunk: read with chunk-start weights, write at chunk ends (Eq 71)."""
         level = self.levels[i]
-        w = {"W1": state[f"{i}.W1"], "W2": state[f"{i}.W2"]}
-        g = {"W1": state[f"{i}.G1"], "W2": state[f"{i}.G2"]}
+        if level.static:
+            return level.read(level.initial, x), {}
+        names = list(level.initial)
+        w = {n: state[f"{i}.{n}"] for n in names}
+        g = {n: state[f"{i}.G{n[1:]}"] for n in names}
         nested = self.cfg.variant == "nested" and i > 0
         slow = self.cfg.chunk_sizes[i - 1] if nested else 0
         if nested:
-            init = {"W1": state[f"{i}.I1"], "W2": state[f"{i}.I2"]}
-            h = {"W1": state[f"{i}.H1"], "W2": state[f"{i}.H2"]}
+            init = {n: state[f"{i}.I{n[1:]}"] for n in names}
+            h = {n: state[f"{i}.H{n[1:]}"] for n in names}
         outs = []
         x_norm = level.norm(x)
         key, target, eta = level.write_inputs(x)
@@ -222,9 +339,11 @@ class CMS(nn.Module):
                 init = {n: init[n] - h[n] for n in init}
                 h = {n: torch.zeros_like(h[n]) for n in h}
                 w = dict(init)
-        out = {f"{i}.W1": w["W1"], f"{i}.W2": w["W2"], f"{i}.G1": g["W1"], f"{i}.G2": g["W2"]}
-        if nested:
-            out.update({f"{i}.I1": init["W1"], f"{i}.I2": init["W2"], f"{i}.H1": h["W1"], f"{i}.H2": h["W2"]})
+        out = {}
+        for n in names:
+            out[f"{i}.{n}"], out[f"{i}.G{n[1:]}"] = w[n], g[n]
+            if nested:
+                out[f"{i}.I{n[1:]}"], out[f"{i}.H{n[1:]}"] = init[n], h[n]
         return torch.cat(outs, dim=1), out
 
 
@@ -234,7 +353,8 @@ def cms_reference(cms: CMS, x: Tensor, state: State | None = None, pos: int = 0)
     The oracle for :meth:`CMS.forward`: each token reads every level with that level's current
     weights, adds η_t ∇_θ ½‖F_θ(k_t) − v_t‖² (taken with ``torch.autograd.grad`` of the literal loss,
     independently of the closed forms) to the level's pending write, and a level applies its pending
-    write after the last token of each of its chunks. Differentiable (``create_graph=True``).
+    write after the last token of each of its chunks. A static level (η_max = 0) reads its initial
+    weights. Differentiable (``create_graph=True``).
     """
     if state is None:
         state = cms.init_state(x.shape[0], x.device, x.dtype)
@@ -247,25 +367,10 @@ def cms_reference(cms: CMS, x: Tensor, state: State | None = None, pos: int = 0)
         level_outs = []
         for i in order:
             level = cms.levels[i]
-            nested = cms.cfg.variant == "nested" and i > 0
-            w = {"W1": st[f"{i}.W1"], "W2": st[f"{i}.W2"]}
-            out = level.read(w, inp)
-            eta = level.eta_of(inp)
-            for name, grad in _kv_grads(level, w, inp).items():
-                st[f"{i}.G{name[1]}"] = st[f"{i}.G{name[1]}"] + eta[:, 0, None, None] * grad
-            if nested:
-                init = {"W1": st[f"{i}.I1"], "W2": st[f"{i}.I2"]}
-                for name, grad in _kv_grads(level, init, inp).items():
-                    st[f"{i}.H{name[1]}"] = st[f"{i}.H{name[1]}"] + eta[:, 0, None, None] * grad
-            if (a + 1) % level.chunk_size == 0:
-                for n in ("1", "2"):
-                    st[f"{i}.W{n}"] = st[f"{i}.W{n}"] - st[f"{i}.G{n}"]
-                    st[f"{i}.G{n}"] = torch.zeros_like(st[f"{i}.G{n}"])
-            if nested and (a + 1) % cms.cfg.chunk_sizes[i - 1] == 0:
-                for n in ("1", "2"):
-                    st[f"{i}.I{n}"] = st[f"{i}.I{n}"] - st[f"{i}.H{n}"]
-                    st[f"{i}.H{n}"] = torch.zeros_like(st[f"{i}.H{n}"])
-                    st[f"{i}.W{n}"] = st[f"{i}.I{n}"]
+            if level.static:
+                out = level.read(level.initial, inp)
+            else:
+                out = _reference_level_step(cms, i, st, inp, a)
             if cms.cfg.variant == "independent":
                 level_outs.append((i, out))
             else:
@@ -277,12 +382,43 @@ def cms_reference(cms: CMS, x: Tensor, state: State | None = None, pos: int = 0)
     return torch.cat(outs, dim=1), st
 
 
+def _reference_level_step(cms: CMS, i: int, st: State, inp: Tensor, a: int) -> Tensor:
+    """Level i reads token ``inp`` (B, 1, d) at absolute position a and updates its entries of ``st`` in place."""
+    level = cms.levels[i]
+    nested = cms.cfg.variant == "nested" and i > 0
+    suffixes = [n[1:] for n in level.initial]
+    w = {f"W{j}": st[f"{i}.W{j}"] for j in suffixes}
+    out = level.read(w, inp)
+    eta = level.eta_of(inp)[:, 0, None, None]
+    for name, grad in _kv_grads(level, w, inp).items():
+        st[f"{i}.G{name[1:]}"] = st[f"{i}.G{name[1:]}"] + eta * grad
+    if nested:
+        init = {f"W{j}": st[f"{i}.I{j}"] for j in suffixes}
+        for name, grad in _kv_grads(level, init, inp).items():
+            st[f"{i}.H{name[1:]}"] = st[f"{i}.H{name[1:]}"] + eta * grad
+    if (a + 1) % level.chunk_size == 0:
+        for j in suffixes:
+            st[f"{i}.W{j}"] = st[f"{i}.W{j}"] - st[f"{i}.G{j}"]
+            st[f"{i}.G{j}"] = torch.zeros_like(st[f"{i}.G{j}"])
+    if nested and (a + 1) % cms.cfg.chunk_sizes[i - 1] == 0:
+        for j in suffixes:
+            st[f"{i}.I{j}"] = st[f"{i}.I{j}"] - st[f"{i}.H{j}"]
+            st[f"{i}.H{j}"] = torch.zeros_like(st[f"{i}.H{j}"])
+            st[f"{i}.W{j}"] = st[f"{i}.I{j}"]
+    return out
+
+
 def _kv_grads(level: CMSLevel, w: State, x: Tensor) -> State:
     """Per-sample ∇ of ½‖F(k) − v‖² for one token x (B, 1, d), by autograd of the literal loss."""
     k, v = level.key(x), level.value(x)
     with torch.enable_grad():
         leaves = {n: p if p.requires_grad else p.detach().requires_grad_(True) for n, p in w.items()}
-        fk = k + activation(level.spec.activation, level.norm(k) @ leaves["W2"].mT) @ leaves["W1"].mT
-        loss = 0.5 * (fk - v).pow(2).sum()
-        grads = torch.autograd.grad(loss, [leaves["W1"], leaves["W2"]], create_graph=True)
-    return {"W1": grads[0], "W2": grads[1]}
+        z = level.norm(k)
+        if level.form == "mlp":
+            body = activation(level.spec.activation, z @ leaves["W2"].mT) @ leaves["W1"].mT
+        else:
+            body = (F.silu(z @ leaves["W2"].mT) * (z @ leaves["W3"].mT)) @ leaves["W1"].mT
+        loss = 0.5 * (k + body - v).pow(2).sum()
+        names = list(leaves)
+        grads = torch.autograd.grad(loss, [leaves[n] for n in names], create_graph=True)
+    return dict(zip(names, grads))

@@ -3,10 +3,16 @@
 Fig. 5 of the paper puts Hope's block beside a Transformer block: attention → MLP becomes
 (here) attention → CMS, the chain of Eq 70 with levels written at their own frequencies (Eq 71).
 Attention keeps RoPE and its KV cache (D11); the CMS state holds every level's fast weights.
+
+With ``cms.level_assignment = "every_layer"`` every block holds the whole chain. With
+``"depth_groups"`` (D17, spec §6.4) block i holds one level, the one of its contiguous depth group
+(shallow layers slowest): the layout of a model stacked from a pre-trained Transformer++
+(:func:`nestlearn.models.stacking.from_transformer`), where each layer's MLP is its level's initial state.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
@@ -14,7 +20,7 @@ from torch import nn
 
 from nestlearn.errors import ConfigError, check_positive
 from nestlearn.layers.attention import CausalSelfAttention
-from nestlearn.layers.cms import CMS, CMSConfig
+from nestlearn.layers.cms import CMS, CMSConfig, depth_group_chunk_sizes
 from nestlearn.layers.norm import RMSNorm
 from nestlearn.models.lm import LMConfig, register_family
 
@@ -25,7 +31,8 @@ class HopeAttentionConfig(LMConfig):
     """Attributes:
         n_heads: attention heads; must divide d_model into an even head size.
         rope_base: RoPE wavelength base.
-        cms: the Continuum Memory System of every block (``model.cms.*``).
+        cms: the Continuum Memory System (``model.cms.*``): of every block, or spread over the
+            blocks by depth under ``cms.level_assignment = "depth_groups"`` (see :meth:`block_cms`).
     """
 
     n_heads: int = 4
@@ -38,19 +45,34 @@ class HopeAttentionConfig(LMConfig):
         if self.d_model % self.n_heads or (self.d_model // self.n_heads) % 2:
             raise ConfigError("model.n_heads", f"must divide model.d_model={self.d_model} into an even head size, got {self.n_heads}")
         self.cms.validate("model.cms")
+        if self.cms.level_assignment == "depth_groups":  # rejects more levels than layers, naming the field
+            depth_group_chunk_sizes(self.n_layers, self.cms.chunk_sizes)
+
+    def block_cms(self, layer_idx: int) -> CMSConfig:
+        """The CMS of block ``layer_idx``: the whole chain, or under ``depth_groups`` (D17) the single
+        level of the block's depth group (:func:`~nestlearn.layers.cms.depth_group_chunk_sizes`)."""
+        if self.cms.level_assignment == "every_layer":
+            return self.cms
+        chunk = depth_group_chunk_sizes(self.n_layers, self.cms.chunk_sizes)[layer_idx]
+        return dataclasses.replace(self.cms, chunk_sizes=(chunk,), level_assignment="every_layer")
 
     def build_block(self, layer_idx: int) -> nn.Module:
-        return HopeAttentionBlock(self)
+        return HopeAttentionBlock(self, self.block_cms(layer_idx))
 
 
 class HopeAttentionBlock(nn.Module):
-    """x + Attn(RMSNorm(x)), then the CMS chain (each level is a pre-norm residual MLP)."""
+    """x + Attn(RMSNorm(x)), then the CMS chain (each level is a pre-norm residual MLP).
 
-    def __init__(self, cfg: HopeAttentionConfig):
+    Args:
+        cfg: the model config.
+        cms: this block's CMS (:meth:`HopeAttentionConfig.block_cms`).
+    """
+
+    def __init__(self, cfg: HopeAttentionConfig, cms: CMSConfig):
         super().__init__()
         self.attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.attn = CausalSelfAttention(cfg.d_model, cfg.n_heads, cfg.rope_base)
-        self.cms = CMS(cfg.d_model, cfg.cms, cfg.norm_eps)
+        self.cms = CMS(cfg.d_model, cms, cfg.norm_eps)
 
     def init_state(self, batch_size: int, device, dtype) -> dict[str, torch.Tensor]:
         shape = (batch_size, self.attn.n_heads, 0, self.attn.head_dim)
