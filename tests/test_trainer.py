@@ -124,3 +124,16 @@ def test_seed_fixes_the_run(tmp_path, tiny_text):
         runs[name] = losses(tmp_path / name / "run")
     assert runs["a"] == runs["b"]
     assert runs["a"] != runs["c"]
+
+
+def test_divergence_stops_with_a_clear_error_and_keeps_the_checkpoint(tmp_path, tiny_text):
+    from nestlearn.train.trainer import TrainingDiverged
+
+    Trainer(config(tmp_path, tiny_text, "train.stop_at=4"), progress=False).run()
+    before = (tmp_path / "run" / "checkpoint.safetensors").read_bytes()
+    trainer = Trainer(config(tmp_path, tiny_text), resume=tmp_path / "run", progress=False)
+    with torch.no_grad():
+        trainer.model.embed.weight.fill_(float("nan"))
+    with pytest.raises(TrainingDiverged, match=r"diverged at step 5.*optim.lr"):
+        trainer.run()
+    assert (tmp_path / "run" / "checkpoint.safetensors").read_bytes() == before

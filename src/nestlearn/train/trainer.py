@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 import nestlearn
 from nestlearn.data.corpus import load_corpus
 from nestlearn.data.tokenizer import BPETokenizer, ByteTokenizer, tokenizer_from_description
-from nestlearn.errors import CheckpointError, ConfigError, DataError
+from nestlearn.errors import CheckpointError, ConfigError, DataError, NestlearnError
 from nestlearn.eval.lm import evaluate_bpb
 from nestlearn.models.lm import CausalLM, model_config_from_dict, replace_config
 from nestlearn.optim.config import build_optimizer
@@ -31,6 +31,10 @@ from nestlearn.train.config import OPERATIONAL_FIELDS, RunConfig, config_diff
 from nestlearn.train.report import plot_metrics, write_report
 
 CHECKPOINT = "checkpoint.safetensors"
+
+
+class TrainingDiverged(NestlearnError):
+    """The training loss became NaN or infinite."""
 METRICS = "metrics.jsonl"
 
 
@@ -239,6 +243,10 @@ class Trainer:
             x, y = x.to(self.device), y.to(self.device)
             with self._autocast():
                 loss = self.model(x, targets=y).loss
+            if not torch.isfinite(loss):
+                raise TrainingDiverged(
+                    f"training diverged at step {self.step + 1}: the loss is {loss.item()}; lower optim.lr "
+                    f"(now {self.cfg.optim.lr}) or raise train.warmup_steps; the last checkpoint is kept")
             (loss / tc.grad_accum).backward()
             nats += loss.item() * y.numel()
             n_bytes += int(self.token_bytes[y].sum())
