@@ -38,3 +38,23 @@ def test_loss_scores_only_the_labelled_positions():
     assert torch.equal(loss, task_loss(model, changed))
     with pytest.raises(ConfigError, match="multi-label"):
         task_model(TransformerConfig(), generate("formal_parity", 2, 0))
+
+
+def test_bench_cli_writes_json_table_and_plot(tmp_path, capsys):
+    import json
+
+    from nestlearn.cli import main
+
+    out = tmp_path / "bench"
+    code = main(["bench", "parity_check", "--models", "transformer,gated_deltanet", "--param", "length=4",
+                 "--eval", "length=4,8", "--steps", "5", "--test-size", "16", "--out", str(out), "--no-progress"])
+    assert code == 0
+    result = json.loads((out / "result.json").read_text())
+    assert result["settings"] == ["length=4", "length=8"]
+    assert set(result["models"]) == {"transformer", "gated_deltanet"}
+    assert all(len(r["losses"]) == 5 and 0 <= r["accuracy"]["length=8"] <= 1 for r in result["models"].values())
+    assert (out / "bench.png").exists() and "| gated_deltanet |" in (out / "results.md").read_text()
+    assert main(["bench", "parity", "--out", str(out)]) == 2
+    assert "task: must be one of" in capsys.readouterr().err
+    assert main(["bench", "mqar", "--models", "rnn", "--out", str(out)]) == 2
+    assert "--models: unknown families" in capsys.readouterr().err

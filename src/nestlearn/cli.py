@@ -1,4 +1,4 @@
-"""The ``nestlearn`` command: train | eval | generate | learn | demo | info.
+"""The ``nestlearn`` command: train | eval | generate | learn | bench | demo | info.
 
 User errors (a bad config value, a missing file, a corrupt checkpoint) print one line starting with
 ``error:`` and exit with status 2; there is no traceback for them.
@@ -175,6 +175,40 @@ def cmd_learn(args: argparse.Namespace) -> None:
           f"stream position {state.pos:,}; {stats['bits_per_token']:.3f} bits per token while reading")
 
 
+def _parse_params(items: list[str], flag: str) -> dict:
+    from nestlearn.config import parse_yaml
+
+    params = {}
+    for item in items:
+        if "=" not in item:
+            raise NestlearnError(f"{flag}: expected key=value, got {item!r}")
+        key, raw = item.split("=", 1)
+        params[key] = parse_yaml(raw)
+    return params
+
+
+def cmd_bench(args: argparse.Namespace) -> None:
+    from nestlearn.data.synthetic import TASKS
+    from nestlearn.eval.bench import BenchSpec, run_bench
+
+    if args.task not in TASKS:
+        raise NestlearnError(f"task: must be one of {', '.join(sorted(TASKS))}, got {args.task!r}")
+    eval_name, eval_values = "", ()
+    if args.eval:
+        if "=" not in args.eval:
+            raise NestlearnError(f"--eval: expected key=v1,v2,..., got {args.eval!r}")
+        eval_name, raw = args.eval.split("=", 1)
+        eval_values = tuple(_parse_params([f"v={v}"], "--eval")["v"] for v in raw.split(","))
+    spec = BenchSpec(task=args.task, models=tuple(m for m in args.models.split(",") if m),
+                     train_params=_parse_params(args.param, "--param"), eval_name=eval_name, eval_values=eval_values,
+                     steps=args.steps, batch_size=args.batch_size, lr=args.lr, d_model=args.d_model,
+                     n_layers=args.n_layers, test_size=args.test_size, seed=args.seed)
+    out = Path(args.out or f"runs/bench-{args.task}")
+    run_bench(spec, out, progress=not args.no_progress)
+    print((out / "results.md").read_text(encoding="utf-8").split("\n\n![", 1)[0])
+    print(f"results: {out / 'results.md'} (JSON: result.json, plot: bench.png)")
+
+
 def cmd_info(args: argparse.Namespace) -> None:
     import nestlearn
     from nestlearn.models.lm import families
@@ -241,6 +275,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--segment", type=int, default=512, help="tokens per forward pass")
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=cmd_learn)
+
+    p = sub.add_parser("bench", help="compare model families on a synthetic task (MQAR, parity, NIAH, ...)")
+    p.add_argument("task", help="task name, e.g. mqar, parity_check, formal_parity, selective_copying")
+    p.add_argument("--models", default="transformer,gated_deltanet,titans", help="comma-separated model families")
+    p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                   help="generator parameter of the training data, e.g. --param length=6 (repeatable)")
+    p.add_argument("--eval", metavar="KEY=V1,V2", help="evaluate at several values of one parameter, e.g. length=6,12")
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--d-model", type=int, default=32)
+    p.add_argument("--n-layers", type=int, default=2)
+    p.add_argument("--test-size", type=int, default=256)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", metavar="DIR", help="run folder (default runs/bench-TASK)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("info", help="environment and model families, or a checkpoint's metadata")
     p.add_argument("checkpoint", nargs="?", help="run folder or checkpoint file")
