@@ -4,6 +4,10 @@ A :class:`~nestlearn.data.synthetic.base.TaskBatch` is next-token shaped: the mo
 and is scored where ``targets`` is not -100. A task model is a :class:`CausalLM` whose vocabulary
 covers both the input ids and the target classes; its logits are restricted to the first
 ``num_classes`` ids, so one model family serves every task and every baseline trains the same way.
+
+Set-valued tasks (formal-language recognition, tasks.md §4: ``target_sets`` holds the symbols that
+may come next) read the same logits as K independent sigmoids, trained with binary cross-entropy
+and scored as string accuracy: a string counts only when every position's set is right.
 """
 
 from __future__ import annotations
@@ -14,14 +18,12 @@ import torch
 import torch.nn.functional as F
 
 from nestlearn.data.synthetic.base import IGNORE_INDEX, TaskBatch
-from nestlearn.errors import ConfigError
+from nestlearn.eval.metrics import recognition_accuracy
 from nestlearn.models.lm import CausalLM, LMConfig, replace_config
 
 
 def task_model(config: LMConfig, batch: TaskBatch) -> CausalLM:
     """A model of ``config``'s family sized for the task: vocabulary max(input ids, classes)."""
-    if batch.target_sets is not None:
-        raise ConfigError("task", "multi-label tasks (formal-language recognition) need a set-valued head, not yet supported")
     vocab = max(batch.vocab_size, batch.num_classes)
     return CausalLM(replace_config(config, vocab_size=vocab, max_seq_len=max(config.max_seq_len, batch.inputs.shape[1])))
 
@@ -36,16 +38,22 @@ def task_loss(model: CausalLM, batch: TaskBatch) -> torch.Tensor:
     """Mean cross-entropy over the scored positions."""
     logits = task_logits(model, batch)
     targets = batch.targets.to(logits.device)
+    if batch.target_sets is not None:
+        mask = targets != IGNORE_INDEX
+        return F.binary_cross_entropy_with_logits(logits.float()[mask], batch.target_sets.to(logits.device)[mask].float())
     return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE_INDEX)
 
 
 @torch.no_grad()
 def task_accuracy(model: CausalLM, batch: TaskBatch) -> float:
-    """Fraction of scored positions predicted exactly (greedy argmax)."""
+    """Fraction of scored positions predicted exactly (greedy argmax); for set-valued tasks, of strings."""
     was_training = model.training
     model.eval()
-    predictions = task_logits(model, batch).argmax(-1).cpu()
+    logits = task_logits(model, batch).cpu()
     model.train(was_training)
+    if batch.target_sets is not None:
+        return recognition_accuracy(logits, batch.targets)
+    predictions = logits.argmax(-1)
     mask = batch.targets != IGNORE_INDEX
     return (predictions[mask] == batch.targets[mask]).float().mean().item()
 
