@@ -16,8 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
-import time
 
 import torch
 from torch import nn
@@ -27,6 +25,7 @@ from nestlearn.layers.titans import MemoryLayer
 from nestlearn.memory import MemorySpec
 from nestlearn.models.titans import MemoryBlock, TitansConfig
 from nestlearn.models.transformer import TransformerBlock, TransformerConfig
+from timing import median_time
 
 WIDTH, HEADS, CHUNK, BATCH, SEQ = 256, 4, 64, 4, 1024
 
@@ -54,13 +53,7 @@ def tokens_per_second(module: nn.Module, batch: int, seq: int, repeats: int) -> 
         y, _ = module(x)
         y.square().mean().backward()
 
-    step()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
-    return batch * seq / statistics.median(times)
+    return batch * seq / median_time(step, repeats, warmup=1)
 
 
 def main() -> None:

@@ -18,28 +18,16 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
-import time
 
 import torch
 
 from nestlearn.models import CausalLM, TransformerConfig
+from timing import median_time
 
 SIZES = [
     {"name": "d256-L4", "d_model": 256, "n_layers": 4, "n_heads": 4, "seq_len": 512, "batch": 8},
     {"name": "d512-L8", "d_model": 512, "n_layers": 8, "n_heads": 8, "seq_len": 512, "batch": 4},
 ]
-
-
-def median_time(fn, repeats: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def matmul_rate(repeats: int) -> tuple[float, int]:

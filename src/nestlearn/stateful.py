@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -118,4 +119,4 @@ def learn(model: CausalLM, ids: torch.Tensor, state: LMState | None = None, segm
                 scored += chunk.shape[1] - 1
             state = out.state
     return state, {"tokens": int(len(ids)), "documents": len(docs), "policy": policy,
-                   "bits_per_token": nats / (scored * torch.log(torch.tensor(2.0)).item()) if scored else float("nan")}
+                   "bits_per_token": nats / (scored * math.log(2)) if scored else float("nan")}
