@@ -46,10 +46,12 @@ def _shortcuts(args: argparse.Namespace) -> list[str]:
 
 def _print_start(cfg, out: Path) -> None:
     from nestlearn.config import to_dict
+    from nestlearn.switches import describe_switches, non_default_switches
 
     defaults = type(cfg.model)()
     changed = {k: v for k, v in to_dict(cfg.model).items() if getattr(defaults, k) != v}
     print(f"nestlearn: {cfg.model.family} {json.dumps(changed)} -> {out}", file=sys.stderr)
+    print(describe_switches(non_default_switches(cfg.to_dict())), file=sys.stderr)
 
 
 def _train(cfg, resume, allow, progress) -> dict:

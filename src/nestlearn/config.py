@@ -9,6 +9,7 @@ Every config in nestlearn is a dataclass with typed fields and an optional ``val
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import re
 import types
 import typing
@@ -130,7 +131,11 @@ def from_dict(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
     obj = cls(**kwargs)
     validate = getattr(obj, "validate", None)
     if validate is not None:
-        validate()
+        # Nested configs (e.g. ``model.cms``) name their fields by the path they were read from.
+        if prefix and "prefix" in inspect.signature(validate).parameters:
+            validate(prefix)
+        else:
+            validate()
     return obj
 
 

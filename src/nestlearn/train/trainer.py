@@ -25,6 +25,8 @@ from nestlearn.errors import CheckpointError, ConfigError, DataError, NestlearnE
 from nestlearn.eval.lm import evaluate_bpb
 from nestlearn.models.lm import CausalLM, model_config_from_dict, replace_config
 from nestlearn.optim.config import build_optimizer
+from nestlearn.provenance import provenance
+from nestlearn.switches import resolved_switches
 from nestlearn.train.checkpoint import (decode_bytes, encode_bytes, flatten, load_checkpoint, save_checkpoint,
                                         unflatten)
 from nestlearn.train.config import OPERATIONAL_FIELDS, RunConfig, config_diff
@@ -163,6 +165,7 @@ class Trainer:
         self.elapsed = 0.0
         self.last_eval: dict[str, float] = {}
         self.overrides: list[dict] = []
+        self.provenance = provenance()
         if ckpt_meta is not None:
             self._restore(ckpt_tensors, ckpt_meta, Path(resume))
 
@@ -212,7 +215,8 @@ class Trainer:
                 "step": self.step, "tokens_seen": self.tokens_seen, "elapsed_s": self.elapsed, "rng": rng,
                 "data": self.corpus.describe(), "tokenizer": self.tokenizer.describe(), "tokenizer_json": tok_json,
                 "last_eval": self.last_eval, "config_overrides": self.overrides,
-                "parameters": self.model.num_parameters(non_embedding=False)}
+                "parameters": self.model.num_parameters(non_embedding=False),
+                "switches": resolved_switches(self.cfg.to_dict()), "provenance": self.provenance}
 
     def save(self) -> Path:
         tensors = model_state_tensors(self.model)

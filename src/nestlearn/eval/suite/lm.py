@@ -1,0 +1,357 @@
+"""Language modelling on the built-in corpus: Hope against its baselines, its ablations and the CMS signals.
+
+Three tables, all byte-level KJV (data.md §1), equal tokens for every row, validation bits per byte:
+
+* **models**: Transformer++, Titans, Hope-Attention and Hope at equal non-embedding parameters (the
+  baselines' widths are searched to match Hope's count; NL-L Table 2 is the paper's counterpart);
+* **ablations**: Hope with each Table-6 switch flipped (NL-L §9.6, spec §9.8), plus the project's
+  ``selfmod.v_norm = "l2"`` proposal;
+* **signals**: the three CMS update signals of D13 (``kv``, ``lss``, ``optimizer``) over several
+  seeds, scored by the decision rule of D13 (:func:`choose_cms_signal`).
+
+Every row is scored twice on the same validation tokens: with the fast state reset per window (the
+pre-training setting, D18) and, for recurrent models, carried across windows
+(:func:`~nestlearn.eval.lm.evaluate_bpb_carried`). Each row also reports training tokens per second
+and the peak resident memory of the process that trained it (each row runs in a fresh process).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import multiprocessing
+import resource
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from nestlearn.eval.suite import Section
+
+SIGNALS = ("kv", "lss", "optimizer")
+
+# Table 6 of NL-L (spec §9.8): average perplexity / accuracy of the 1.3B models.
+PAPER_TABLE6 = {"hope": (12.24, 58.1), "no_dgd": (13.41, 56.5), "no_momentum": (13.58, 56.9),
+                "no_weight_decay": (13.71, 57.2), "no_cms": (13.04, 57.3), "static_k": (13.77, 56.9),
+                "static_v": (13.90, 55.1)}
+# Table 2 of NL-L (spec §9.1): WikiText perplexity at 760M parameters / 30B tokens.
+PAPER_WIKI_760M = {"transformer": 24.18, "titans": 20.08, "hope": 18.68}
+
+ABLATIONS: tuple[tuple[str, str, dict[str, Any]], ...] = (
+    ("no_dgd", "w/o DGD (plain GD)", {"selfmod": {"inner_rule": "gd"}}),
+    ("no_momentum", "w/o momentum", {"selfmod": {"momentum": "off"}}),
+    ("no_weight_decay", "w/o weight decay", {"selfmod": {"weight_decay": False}}),
+    ("no_cms", "w/o CMS", {"use_cms": False}),
+    ("static_k", "w/o inner-projection k (static k)", {"selfmod": {"adaptive_k": False}}),
+    ("static_v", "w/o inner-projection v (static v)", {"selfmod": {"adaptive_v": False}}),
+    ("adaptive_q", "with adaptive q (Table 6's 'w/o inner-projection q' is our default)", {"selfmod": {"adaptive_q": True}}),
+    ("v_norm_l2", "v_norm = l2 (project proposal)", {"selfmod": {"v_norm": "l2"}}),
+)
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Model size and training budget shared by every row.
+
+    Attributes:
+        d_model, n_layers: Hope's size; the baselines get Hope's parameter count.
+        seq_len, batch_size, steps, warmup_steps, lr: training (AdamW, weight decay 0.1, cosine).
+        eval_tokens: validation targets scored per row.
+        seeds: seeds of the model and ablation rows.
+        signal_seeds: seeds of the CMS-signal rows (D13 asks for 3).
+        chunk_sizes: Hope's CMS chunk sizes for the kv and lss signals (D13: (256, 64, 16) at length 512).
+        step_periods: the CMS step periods for the optimizer signal (D16).
+        selfmod_chunks: (chunk_size_memory, chunk_size_other) of the self-modifying memory (D4).
+        threads: torch threads per row.
+    """
+
+    d_model: int
+    n_layers: int
+    seq_len: int
+    batch_size: int
+    steps: int
+    warmup_steps: int
+    lr: float
+    eval_tokens: int
+    seeds: tuple[int, ...]
+    signal_seeds: tuple[int, ...]
+    chunk_sizes: tuple[int, ...]
+    step_periods: tuple[int, ...] = (16, 4, 1)
+    selfmod_chunks: tuple[int, int] = (16, 64)
+    threads: int = 2
+
+
+QUICK = Budget(d_model=48, n_layers=2, seq_len=64, batch_size=4, steps=40, warmup_steps=5, lr=3e-3,
+               eval_tokens=4096, seeds=(0,), signal_seeds=(0,), chunk_sizes=(32, 16, 8), selfmod_chunks=(8, 16))
+FULL = Budget(d_model=64, n_layers=2, seq_len=512, batch_size=4, steps=300, warmup_steps=30, lr=3e-3,
+              eval_tokens=65536, seeds=(0,), signal_seeds=(0, 1, 2), chunk_sizes=(256, 64, 16))
+
+
+@dataclass(frozen=True)
+class Row:
+    """One training run: ``key`` names it within its ``table``; ``model`` is the full model config dict."""
+
+    table: str
+    key: str
+    label: str
+    model: dict[str, Any]
+    seed: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def hope_model(budget: Budget, **overrides: Any) -> dict[str, Any]:
+    """Hope's model config for ``budget`` with nested ``overrides`` merged in."""
+    model: dict[str, Any] = {"family": "hope", "d_model": budget.d_model, "n_layers": budget.n_layers,
+                             "max_seq_len": budget.seq_len,
+                             "selfmod": {"chunk_size_memory": budget.selfmod_chunks[0],
+                                         "chunk_size_other": budget.selfmod_chunks[1]},
+                             "cms": {"chunk_sizes": list(budget.chunk_sizes)}}
+    for key, value in overrides.items():
+        model[key] = {**model.get(key, {}), **value} if isinstance(value, dict) else value
+    return model
+
+
+def non_embedding_parameters(model: dict[str, Any], vocab_size: int = 256) -> int:
+    from nestlearn.models.lm import CausalLM, model_config_from_dict
+
+    return CausalLM(model_config_from_dict({**model, "vocab_size": vocab_size})).num_parameters(non_embedding=True)
+
+
+def match_width(model: dict[str, Any], target: int, step: int = 4) -> tuple[int, int]:
+    """The ``d_model`` (a multiple of ``step`` that validates) whose parameter count is nearest ``target``.
+
+    Args:
+        model: a model config dict without ``d_model``.
+        target: the non-embedding parameter count to match.
+
+    Returns:
+        (d_model, non-embedding parameters).
+    """
+    from nestlearn.errors import ConfigError
+
+    best: tuple[int, int] | None = None
+    d = step
+    while True:
+        try:
+            count = non_embedding_parameters({**model, "d_model": d})
+        except ConfigError:
+            d += step
+            continue
+        if best is None or abs(count - target) < abs(best[1] - target):
+            best = (d, count)
+        if count > target:
+            return best
+        d += step
+
+
+def plan(budget: Budget) -> list[Row]:
+    """Every row of the three tables, in the order they run."""
+    hope = hope_model(budget)
+    target = non_embedding_parameters(hope)
+    rows = []
+    for family, label in (("transformer", "Transformer++"), ("titans", "Titans"), ("hope_attention", "Hope-Attention")):
+        extra = {"cms": {"chunk_sizes": list(budget.chunk_sizes)}} if family == "hope_attention" else {}
+        model = {"family": family, "n_layers": budget.n_layers, "max_seq_len": budget.seq_len, **extra}
+        d, _ = match_width(model, target)
+        for seed in budget.seeds:
+            rows.append(Row("models", family, label, {**model, "d_model": d}, seed))
+    for seed in budget.seeds:
+        rows.append(Row("models", "hope", "Hope", hope, seed))
+    for key, label, overrides in ABLATIONS:
+        for seed in budget.seeds:
+            rows.append(Row("ablations", key, label, hope_model(budget, **overrides), seed))
+    for signal in SIGNALS:
+        cms: dict[str, Any] = {"signal": signal}
+        if signal == "optimizer":
+            cms["step_periods"] = list(budget.step_periods)
+        for seed in budget.signal_seeds:
+            rows.append(Row("signals", signal, f"cms.signal = {signal}", hope_model(budget, cms=cms), seed))
+    return rows
+
+
+def train_row(row: dict[str, Any], budget: dict[str, Any], out_dir: str) -> dict[str, Any]:
+    """Train one row and score it; runs in its own process so that its peak memory is its own.
+
+    Returns:
+        the row's numbers: ``bpb`` (state reset per window), ``bpb_carried`` (None for bounded
+        models), ``tok_s`` (training tokens per second), ``peak_rss_mb``, ``parameters`` and ``switches``.
+    """
+    from nestlearn.eval.lm import evaluate_bpb, evaluate_bpb_carried
+    from nestlearn.switches import non_default_switches
+    from nestlearn.train import Trainer
+    from nestlearn.train.config import load_run_config
+
+    b = Budget(**{**budget, "seeds": tuple(budget["seeds"]), "signal_seeds": tuple(budget["signal_seeds"]),
+                  "chunk_sizes": tuple(budget["chunk_sizes"]), "step_periods": tuple(budget["step_periods"]),
+                  "selfmod_chunks": tuple(budget["selfmod_chunks"])})
+    run_dir = Path(out_dir) / f"{row['table']}-{row['key']}-seed{row['seed']}"
+    cfg = load_run_config(None, base={
+        "model": row["model"], "data": {"source": "kjv", "tokenizer": "byte"},
+        "optim": {"name": "adamw", "lr": b.lr, "weight_decay": 0.1, "betas": [0.9, 0.95]},
+        "train": {"seed": row["seed"], "steps": b.steps, "batch_size": b.batch_size, "seq_len": b.seq_len,
+                  "warmup_steps": b.warmup_steps, "threads": b.threads, "device": "cpu", "out_dir": str(run_dir),
+                  "eval_tokens": b.eval_tokens, "sample_tokens": 0}})
+    trainer = Trainer(cfg, progress=False)
+    losses = []
+    start = time.perf_counter()
+    for _ in range(b.steps):
+        losses.append(trainer.train_step()["loss"])
+    train_s = time.perf_counter() - start
+    model, val, token_bytes = trainer.model, trainer.val_ids, trainer.token_bytes
+    reset = evaluate_bpb(model, val, token_bytes, b.seq_len, b.batch_size * 4, b.eval_tokens)
+    carried = None
+    if not model.config.bounded_context:
+        carried = evaluate_bpb_carried(model, val, token_bytes, b.seq_len, streams=b.batch_size * 4,
+                                       max_tokens=b.eval_tokens)["bpb"]
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {"bpb": reset["bpb"], "bpb_carried": carried, "tok_s": b.steps * b.batch_size * b.seq_len / train_s,
+            "peak_rss_mb": peak_kb / 1024 if sys.platform != "darwin" else peak_kb / 2**20,
+            "parameters": model.num_parameters(non_embedding=True), "final_train_loss": losses[-1],
+            "switches": [[p, v] for p, v, _ in non_default_switches(cfg.to_dict())],
+            "d_model": cfg.model.d_model}
+
+
+def choose_cms_signal(stats: dict[str, dict[str, float]]) -> tuple[str, str]:
+    """The D13 decision rule: the lowest mean validation bpb wins; if the best two differ by less than
+    the larger of their seed standard deviations, the faster of the two wins.
+
+    Args:
+        stats: signal -> ``{"mean": bpb, "std": seed std, "tok_s": tokens per second}``.
+
+    Returns:
+        (chosen signal, one-sentence reason).
+    """
+    ranked = sorted(stats, key=lambda s: stats[s]["mean"])
+    best = ranked[0]
+    if len(ranked) == 1:
+        return best, f"{best} is the only signal measured"
+    second = ranked[1]
+    gap = stats[second]["mean"] - stats[best]["mean"]
+    noise = max(stats[best]["std"], stats[second]["std"])
+    if gap < noise:
+        faster = max((best, second), key=lambda s: stats[s]["tok_s"])
+        return faster, (f"{best} and {second} differ by {gap:.4f} bpb, less than their seed std {noise:.4f}, "
+                        f"so the faster one ({faster}) wins")
+    return best, f"{best} has the lowest mean bpb, {gap:.4f} below {second} (seed std at most {noise:.4f})"
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def _fmt(x: float | None, digits: int = 3) -> str:
+    return "—" if x is None else f"{x:.{digits}f}"
+
+
+def _switches(rows: list[dict[str, Any]]) -> str:
+    pairs = rows[0]["result"]["switches"]
+    return ", ".join(f"`{p.split('model.', 1)[-1]}={v}`" for p, v in pairs) or "defaults"
+
+
+def summarise(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Group the rows by (table, key): means and seed stds of every number."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in results:
+        groups.setdefault((r["table"], r["key"]), []).append(r)
+    out: dict[str, Any] = {}
+    for (table, key), rows in groups.items():
+        bpb = _mean_std([r["result"]["bpb"] for r in rows])
+        carried = [r["result"]["bpb_carried"] for r in rows]
+        out.setdefault(table, {})[key] = {
+            "label": rows[0]["label"], "seeds": [r["seed"] for r in rows], "mean": bpb[0], "std": bpb[1],
+            "carried": None if carried[0] is None else statistics.fmean(carried),
+            "tok_s": statistics.median(r["result"]["tok_s"] for r in rows),
+            "peak_rss_mb": max(r["result"]["peak_rss_mb"] for r in rows),
+            "parameters": rows[0]["result"]["parameters"], "d_model": rows[0]["result"]["d_model"],
+            "switches": _switches(rows)}
+    return out
+
+
+def markdown(summary: dict[str, Any], budget: Budget, command: str) -> str:
+    """The three tables and the CMS-signal decision as Markdown."""
+    b = budget
+    tokens = b.steps * b.batch_size * b.seq_len
+    lines = [f"- Command: `{command}`",
+             f"- Byte-level KJV, {b.n_layers} layers, Hope d_model {b.d_model}; {b.steps} AdamW steps of "
+             f"{b.batch_size}×{b.seq_len} tokens ({tokens:,} tokens per row), lr {b.lr}, weight decay 0.1, "
+             f"cosine; validation bpb on the first {b.eval_tokens:,} validation targets.",
+             "- *reset*: state reset per window of the training length (D18); *carried*: the validation text "
+             "read as long streams with the state carried across windows (recurrent models only).",
+             "- tok/s: training tokens per second of the row's own process; peak RSS: that process's peak "
+             "resident memory (includes the Python and torch runtime).", ""]
+    models = summary.get("models", {})
+    if models:
+        lines += ["### Models at equal parameters and tokens", "",
+                  "| model | d_model | non-emb. params | val bpb (reset) | val bpb (carried) | tok/s | peak RSS MB | "
+                  "paper Wiki ppl (760M) |", "|---|---|---|---|---|---|---|---|"]
+        for key, s in models.items():
+            lines.append(f"| {s['label']} | {s['d_model']} | {s['parameters']:,} | {_fmt(s['mean'])} | "
+                         f"{_fmt(s['carried'])} | {s['tok_s']:.0f} | {s['peak_rss_mb']:.0f} | "
+                         f"{PAPER_WIKI_760M.get(key, '—')} |")
+        lines.append("")
+    ablations = summary.get("ablations", {})
+    hope = models.get("hope")
+    if ablations and hope:
+        lines += ["### Table-6 ablations of Hope", "",
+                  "| variant | switches | val bpb (reset) | Δ vs Hope | val bpb (carried) | paper ppl / acc |",
+                  "|---|---|---|---|---|---|",
+                  f"| Hope | {hope['switches']} | {_fmt(hope['mean'])} | — | {_fmt(hope['carried'])} | "
+                  f"{'%.2f / %.1f' % PAPER_TABLE6['hope']} |"]
+        for key, s in ablations.items():
+            paper = PAPER_TABLE6.get(key)
+            lines.append(f"| {s['label']} | {s['switches']} | {_fmt(s['mean'])} | {s['mean'] - hope['mean']:+.3f} | "
+                         f"{_fmt(s['carried'])} | {'%.2f / %.1f' % paper if paper else '—'} |")
+        lines.append("")
+    signals = summary.get("signals", {})
+    if signals:
+        lines += ["### CMS update signal (D13)", "",
+                  "| signal | switches | seeds | val bpb (reset) mean ± std | val bpb (carried) | tok/s | peak RSS MB |",
+                  "|---|---|---|---|---|---|---|"]
+        for key, s in signals.items():
+            lines.append(f"| {key} | {s['switches']} | {', '.join(map(str, s['seeds']))} | {s['mean']:.4f} ± "
+                         f"{s['std']:.4f} | {_fmt(s['carried'])} | {s['tok_s']:.0f} | {s['peak_rss_mb']:.0f} |")
+        choice, reason = choose_cms_signal(signals)
+        lines += ["", f"**D13 decision rule → `{choice}`**: {reason}."]
+    return "\n".join(lines) + "\n"
+
+
+def run(budget: Budget, out_dir: Path, tables: tuple[str, ...] = ("models", "ablations", "signals"),
+        isolate: bool = True, progress: bool = True) -> list[dict[str, Any]]:
+    """Train and score every planned row of ``tables``; each row in a fresh process if ``isolate``."""
+    from tqdm.auto import tqdm
+
+    rows = [r for r in plan(budget) if r.table in tables]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results = []
+    bar = tqdm(rows, desc="lm", unit="run", disable=not progress)
+    for row in bar:
+        bar.set_postfix(row=f"{row.table}/{row.key}/s{row.seed}")
+        args = (asdict(row), asdict(budget), str(out_dir / "runs"))
+        if isolate:
+            ctx = multiprocessing.get_context("spawn")
+            with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
+                result = pool.submit(train_row, *args).result()
+        else:
+            result = train_row(*args)
+        results.append({**asdict(row), "result": result})
+        (out_dir / "lm_results.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
+    return results
+
+
+def section(quick: bool, out_dir: Path, seed: int = 0) -> Section:
+    """The ``lm`` section of docs/results.md (issue 4's quality benchmark; D13's signal ablation)."""
+    budget = QUICK if quick else FULL
+    if seed:
+        budget = replace(budget, seeds=tuple(s + seed for s in budget.seeds),
+                         signal_seeds=tuple(s + seed for s in budget.signal_seeds))
+    torch.set_num_threads(budget.threads)
+    results = run(budget, Path(out_dir) / "lm")
+    summary = summarise(results)
+    command = "python benchmarks/run_all.py --only lm" + (" --quick" if quick else "")
+    return Section("lm", "Language modelling: Hope vs baselines, Table-6 ablations, CMS signals",
+                   markdown(summary, budget, command), {"budget": asdict(budget), "summary": summary,
+                                                         "rows": results})

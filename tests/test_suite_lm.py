@@ -1,0 +1,50 @@
+"""The language-modelling section of the evidence suite: width matching, D13's decision rule, a micro run."""
+
+from dataclasses import replace
+
+import pytest
+
+from nestlearn.eval.suite.lm import (QUICK, choose_cms_signal, hope_model, markdown, match_width,
+                                     non_embedding_parameters, plan, run, summarise)
+
+
+def test_decision_rule_picks_lowest_bpb_unless_within_noise():
+    clear = {"kv": {"mean": 2.0, "std": 0.01, "tok_s": 100}, "lss": {"mean": 2.2, "std": 0.01, "tok_s": 50},
+             "optimizer": {"mean": 2.1, "std": 0.02, "tok_s": 500}}
+    assert choose_cms_signal(clear)[0] == "kv"
+    close = {**clear, "optimizer": {"mean": 2.005, "std": 0.02, "tok_s": 500}}
+    choice, reason = choose_cms_signal(close)
+    assert choice == "optimizer" and "faster" in reason
+    assert choose_cms_signal({"kv": clear["kv"]})[0] == "kv"
+
+
+def test_match_width_gives_the_nearest_count_on_the_grid():
+    target = non_embedding_parameters(hope_model(QUICK))
+    model = {"family": "transformer", "n_layers": 2, "max_seq_len": 64}
+    d, count = match_width(model, target)
+    assert count == non_embedding_parameters({**model, "d_model": d})
+    for other in range(8, 2 * d, 8):  # transformer widths valid with 4 heads of even size
+        assert abs(non_embedding_parameters({**model, "d_model": other}) - target) >= abs(count - target)
+
+
+def test_plan_covers_models_ablations_and_signals():
+    rows = plan(QUICK)
+    keys = {(r.table, r.key) for r in rows}
+    assert {("models", f) for f in ("transformer", "titans", "hope_attention", "hope")} <= keys
+    assert {("signals", s) for s in ("kv", "lss", "optimizer")} <= keys
+    assert ("ablations", "no_cms") in keys and ("ablations", "no_dgd") in keys
+
+
+def test_micro_run_scores_every_model_and_writes_tables(tmp_path):
+    budget = replace(QUICK, d_model=16, steps=2, warmup_steps=1, seq_len=16, batch_size=2, eval_tokens=256,
+                     chunk_sizes=(8, 4), selfmod_chunks=(4, 8), threads=1)
+    results = run(budget, tmp_path, tables=("models",), isolate=False, progress=False)
+    summary = summarise(results)
+    assert set(summary["models"]) == {"transformer", "titans", "hope_attention", "hope"}
+    assert summary["models"]["transformer"]["carried"] is None
+    assert summary["models"]["hope"]["carried"] == pytest.approx(summary["models"]["hope"]["carried"])
+    for s in summary["models"].values():
+        assert 0 < s["mean"] < 9 and s["tok_s"] > 0
+    text = markdown(summary, budget, "cmd")
+    assert "| Hope | 16 |" in text and "Transformer++" in text
+    assert (tmp_path / "lm_results.json").exists()
