@@ -96,3 +96,14 @@ def test_meta_learned_initial_states_receive_gradients():
     for name, p in model.named_parameters():
         if ".initial." in name:
             assert p.grad is not None and p.grad.abs().max() > 0, name
+
+
+@pytest.mark.parametrize("signal", ["lss", "optimizer"])
+def test_cms_signal_overrides_build_and_run(signal):
+    """D13: ``lss`` keeps per-sample fast levels (driven through the model's loss); ``optimizer`` has none."""
+    cfg = load_run_config(CONFIGS / "hope-tiny.yaml", [f"model.cms.signal={signal}"]).model
+    model = CausalLM(replace_config(cfg, vocab_size=32, d_model=16, n_layers=1))
+    x = torch.randint(0, 32, (2, 66))  # past the slowest chunk (64), where an lss state holds its fast weights
+    out = model(x, targets=x)
+    assert torch.isfinite(out.loss)
+    assert any(k.startswith("cms.") for k in out.state.layers[0]) == (signal == "lss")

@@ -5,22 +5,34 @@ NL-L §7.1, Eqs 70–74 (spec §6); decisions D13–D17. Level ℓ is the residu
     F_ℓ(x) = x + W_out σ(W_in n(x))                          (``level_form="mlp"``; n: RMSNorm, D15)
     F_ℓ(x) = x + W_down (SiLU(W_gate n(x)) ⊙ W_up n(x))       (``level_form="swiglu"``, D15)
 
-(the SwiGLU form keeps a pre-trained Transformer++ MLP as the level's initial state, spec §6.4),
-whose weights (W_in, W_out), resp. (W_gate, W_up, W_down), are a per-sample fast state (D2)
-starting from meta-learned initial values. Eq 71 with the ``kv`` update signal (D13): inside a
-chunk of C(ℓ) tokens the level reads with its chunk-start weights θ_b; at the chunk's end it writes
+(the SwiGLU form keeps a pre-trained Transformer++ MLP as the level's initial state, spec §6.4).
+The update signal (``signal``, D13) says what changes the level's weights (Eq 71):
 
-    θ ← θ − Σ_{t ∈ chunk} η_t ∇_θ ½‖F_θb(k_t) − v_t‖²,    k_t = W_k x_t, v_t = W_v x_t,
-    η_t = η_max · sigmoid(w_ηᵀ x_t + b_η) / (C(ℓ) · d),
+* ``"kv"`` and ``"lss"``: the weights (W_in, W_out), resp. (W_gate, W_up, W_down), are a
+  per-sample fast state (D2) starting from meta-learned initial values. Inside a chunk of C(ℓ)
+  tokens the level reads with its chunk-start weights θ_b; at the chunk's end it writes
 
-so a write only affects later chunks (causal by construction). The 1/(C·d) factor [Interp; D13
-leaves the values of η open] keeps the summed step of a chunk scale-free: the C gradients of a
-chunk are taken at the same point and each grows with ‖n(k)‖² = d, so an unscaled η that works for
-one (C, d) diverges for another. This is the associative-memory
-primitive of :mod:`nestlearn.memory` with objective L2 and plain GD: a level is the non-residual MLP
-memory applied to n(k) with target v − k, and its inner gradients are the closed forms of spec §5.8
+      θ ← θ − Σ_{t ∈ chunk} η_t g_t,    η_t = η_max · sigmoid(w_ηᵀ x_t + b_η) / (C(ℓ) · d),
+
+  so a write only affects later chunks (causal by construction). ``kv`` (local key-value
+  regression): g_t = ∇_θ ½‖F_θb(k_t) − v_t‖² with k_t = W_k x_t, v_t = W_v x_t. ``lss`` (local
+  surprise signal, spec §1.3 Eq 9): g_t = ∇_θ ⟨F_θb(x_t), u_t⟩, where u_t = ∂L_c/∂y_t is the
+  gradient of the model's next-token losses inside the chunk with respect to this level's output,
+  detached. u comes from the model (:mod:`nestlearn.models.lss`), so this layer either takes it as
+  an input (``forward(..., u=...)``) or, driven by the model, records its reads (``tape``) and
+  writes when the model calls :meth:`CMS.lss_write` at a chunk's end.
+* ``"optimizer"``: the weights are ordinary slow parameters with no fast state; the level module
+  is tagged with its period ``step_periods[ℓ]`` (:data:`nestlearn.optim.periodic.STEP_PERIOD_ATTR`)
+  and the outer optimiser steps it only every that many optimiser steps with the summed gradients.
+
+The 1/(C·d) factor of η [Interp; D13 leaves the values of η open] keeps the summed step of a chunk
+scale-free: the C gradients of a chunk are taken at the same point and each grows with
+‖n(·)‖² = d, so an unscaled η that works for one (C, d) diverges for another. A write is the
+associative-memory primitive of :mod:`nestlearn.memory` with plain GD: a level is the non-residual
+MLP memory applied to n(k) with objective L2 and target v − k (``kv``), or applied to n(x) with
+objective ``dot`` and value −u (``lss``), and its inner gradients are the closed forms of spec §5.8
 (:func:`nestlearn.memory.boundary_factors`; for the SwiGLU form :func:`swiglu_factors`).
-A level with η_max = 0 never changes, so it holds no fast state and reads its initial weights
+A level with η_max = 0 (or under ``optimizer``) holds no fast state and reads its initial weights
 directly: it is the static MLP (spec §6.4: η → 0 reduces to the pre-trained model), computed with
 the same unbatched products as an ordinary MLP layer.
 
@@ -31,14 +43,15 @@ state, written at level s's frequency with level s+1's own signal and rule [Inte
 Levels are listed slowest first (D14); ``order="fast_first"`` reverses the application order only.
 
 Chunks are aligned to absolute positions, and a partial chunk's pending write is carried in the
-state, so a stream processed in segments equals one pass. The other update signals of D13
-(``lss``, ``optimizer``) are not implemented yet.
+state, so a stream processed in segments equals one pass. The ``optimizer`` signal has no nested
+variant (a level without fast state has no initial state to re-initialise from).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -54,13 +67,14 @@ from nestlearn.memory import (
     chunk_bounds,
     memory_apply,
 )
+from nestlearn.optim.periodic import STEP_PERIOD_ATTR
 
 Tensor = torch.Tensor
 State = dict[str, Tensor]
 
 VARIANTS = ("sequential", "nested", "independent")
 ORDERS = ("slow_first", "fast_first")
-SIGNALS = ("kv",)
+SIGNALS = ("kv", "lss", "optimizer")
 ACTIVATIONS = ("silu", "gelu")
 LEVEL_FORMS = ("mlp", "swiglu")
 LEVEL_ASSIGNMENTS = ("every_layer", "depth_groups")
@@ -69,10 +83,15 @@ LEVEL_ASSIGNMENTS = ("every_layer", "depth_groups")
 @dataclass
 class CMSConfig:
     """Attributes (D13–D16):
-        chunk_sizes: C(ℓ) per level in tokens, slowest first, strictly decreasing.
-        variant: ``"sequential"``, ``"nested"`` or ``"independent"``.
+        chunk_sizes: C(ℓ) per level in tokens, slowest first, strictly decreasing; the levels of the
+            ``kv`` and ``lss`` signals (``lss`` also needs each size to divide the slower one).
+        step_periods: per level, in optimiser steps, slowest first, strictly decreasing; the levels
+            of the ``optimizer`` signal (D16).
+        variant: ``"sequential"``, ``"nested"`` or ``"independent"`` (``optimizer``: not nested).
         order: ``"slow_first"`` or ``"fast_first"`` application order of the chain.
-        signal: update signal; ``"kv"`` (local key-value regression).
+        signal: update signal (D13): ``"kv"`` (local key-value regression), ``"lss"`` (local
+            surprise signal: the gradient of the model's next-token loss) or ``"optimizer"`` (the
+            outer optimiser steps level ℓ every ``step_periods[ℓ]`` steps).
         hidden_mult: hidden width of each level as a multiple of d.
         hidden: hidden width of each level; None means ``hidden_mult``·d (stacking sets the
             pre-trained MLP's width).
@@ -82,11 +101,13 @@ class CMSConfig:
             (every block holds the whole chain) or ``"depth_groups"`` (block i holds one level, the
             one of its contiguous depth group, shallow layers slowest; see :func:`depth_group_chunk_sizes`).
             A model-level layout, read by the family (``hope_attention``), not by :class:`CMS`.
-        eta_max: bound of the level learning rate in units of 1/(C·d) (see the module docstring); 0 freezes every level.
+        eta_max: bound of the level learning rate in units of 1/(C·d) (see the module docstring); 0 freezes
+            every level. Not used by the ``optimizer`` signal.
         eta_init: initial η_t as a fraction of ``eta_max`` (sets b_η).
     """
 
     chunk_sizes: tuple[int, ...] = (512, 128, 32)
+    step_periods: tuple[int, ...] = (16, 4, 1)
     variant: str = "sequential"
     order: str = "slow_first"
     signal: str = "kv"
@@ -105,6 +126,12 @@ class CMSConfig:
             check_positive(f"{prefix}.chunk_sizes", c)
         if any(a <= b for a, b in zip(self.chunk_sizes, self.chunk_sizes[1:])):
             raise ConfigError(f"{prefix}.chunk_sizes", f"must be strictly decreasing (slowest first), got {self.chunk_sizes}")
+        if not self.step_periods:
+            raise ConfigError(f"{prefix}.step_periods", "needs at least one level")
+        for p in self.step_periods:
+            check_positive(f"{prefix}.step_periods", p)
+        if any(a <= b for a, b in zip(self.step_periods, self.step_periods[1:])):
+            raise ConfigError(f"{prefix}.step_periods", f"must be strictly decreasing (slowest first), got {self.step_periods}")
         check_choice(f"{prefix}.variant", self.variant, VARIANTS)
         check_choice(f"{prefix}.order", self.order, ORDERS)
         check_choice(f"{prefix}.signal", self.signal, SIGNALS)
@@ -122,23 +149,36 @@ class CMSConfig:
         check_positive(f"{prefix}.eta_max", self.eta_max, allow_zero=True)
         if not 0 < self.eta_init < 1:
             raise ConfigError(f"{prefix}.eta_init", f"must lie in (0, 1), got {self.eta_init}")
-        if self.variant == "nested":
+        if self.signal == "optimizer" and self.variant == "nested":
+            raise ConfigError(f"{prefix}.variant", "the optimizer signal has no fast state, so a level has no "
+                              "initial state for the slower level to re-initialise it from; use 'sequential' "
+                              "or 'independent'")
+        if self.variant == "nested" or self.signal == "lss":
+            reason = "the nested variant" if self.variant == "nested" else (
+                "the lss signal (a carried stream resumes at the start of the slowest open chunk)")
             for slow, fast in zip(self.chunk_sizes, self.chunk_sizes[1:]):
                 if slow % fast:
-                    raise ConfigError(f"{prefix}.chunk_sizes", f"the nested variant needs each chunk size to divide "
+                    raise ConfigError(f"{prefix}.chunk_sizes", f"{reason} needs each chunk size to divide "
                                       f"the slower one, got {fast} and {slow}")
 
+    @property
+    def schedule(self) -> tuple[int, ...]:
+        """One entry per level: ``step_periods`` for the ``optimizer`` signal, ``chunk_sizes`` otherwise."""
+        return self.step_periods if self.signal == "optimizer" else self.chunk_sizes
 
-def depth_group_chunk_sizes(n_layers: int, chunk_sizes: tuple[int, ...]) -> tuple[int, ...]:
+
+def depth_group_chunk_sizes(n_layers: int, chunk_sizes: tuple[int, ...],
+                            field: str = "model.cms.chunk_sizes") -> tuple[int, ...]:
     """The chunk size of each layer under ``level_assignment="depth_groups"`` (D17, spec §6.4).
 
     Layer i of L belongs to group ⌊i·k/L⌋ of k = ``len(chunk_sizes)``: contiguous groups by depth
     whose sizes differ by at most one. Group g gets level g's chunk size; levels are listed slowest
-    first (D14), so the shallow layers are the slow ones [Interp, D17: provisional].
+    first (D14), so the shallow layers are the slow ones [Interp, D17: provisional]. The same layout
+    spreads ``step_periods`` under the ``optimizer`` signal (``field`` names the list in errors).
     """
     levels = len(chunk_sizes)
     if levels > n_layers:
-        raise ConfigError("model.cms.chunk_sizes", f"depth_groups needs at most one level per layer, got "
+        raise ConfigError(field, f"depth_groups needs at most one level per layer, got "
                           f"{levels} levels for model.n_layers={n_layers}")
     return tuple(chunk_sizes[i * levels // n_layers] for i in range(n_layers))
 
@@ -153,7 +193,7 @@ def swiglu_apply(weights: State, z: Tensor) -> Tensor:
     return (F.silu(z @ weights["W2"].mT) * (z @ weights["W3"].mT)) @ weights["W1"].mT
 
 
-def swiglu_factors(weights: State, z: Tensor, target: Tensor) -> dict[str, tuple[Tensor, Tensor]]:
+def swiglu_factors(weights: State, z: Tensor, target: Tensor, objective: str = "l2") -> dict[str, tuple[Tensor, Tensor]]:
     """Closed-form per-token gradients of ℓ = ½‖W₁ a − y‖², a = SiLU(W₂ z) ⊙ W₃ z, as rank-1 factors.
 
     The SwiGLU counterpart of spec §5.8 [Interp]. With g = W₂ z, u = W₃ z, e = W₁ a − y and
@@ -161,11 +201,13 @@ def swiglu_factors(weights: State, z: Tensor, target: Tensor) -> dict[str, tuple
 
         ∇_{W₁} ℓ = e aᵀ,    ∇_{W₂} ℓ = (δ ⊙ u ⊙ SiLU'(g)) zᵀ,    ∇_{W₃} ℓ = (δ ⊙ SiLU(g)) zᵀ.
 
-    For a CMS level z = n(k) and y = v − k, so e = F(k) − v (the residual is weight-free).
+    For a CMS level z = n(k) and y = v − k, so e = F(k) − v (the residual is weight-free). With
+    ``objective="dot"`` the loss is ℓ = −⟨W₁ a, y⟩ and e = −y (the ``lss`` signal passes y = −u).
 
     Args:
         weights: see :func:`swiglu_apply`.
         z: (..., n, d); target: (..., n, d).
+        objective: ``"l2"`` or ``"dot"``.
 
     Returns:
         weight name -> (E: (..., n, rows of that weight), P: (..., n, columns of that weight)).
@@ -173,27 +215,52 @@ def swiglu_factors(weights: State, z: Tensor, target: Tensor) -> dict[str, tuple
     gate, up = z @ weights["W2"].mT, z @ weights["W3"].mT
     silu = F.silu(gate)
     act = silu * up
-    e = act @ weights["W1"].mT - target
+    e = act @ weights["W1"].mT - target if objective == "l2" else -target
     delta = e @ weights["W1"]
     return {"W1": (e, act), "W2": (delta * up * activation_grad("silu", gate), z), "W3": (delta * silu, z)}
+
+
+class LSSRecord(NamedTuple):
+    """What an ``lss`` level keeps of one read until its chunk's write (see :meth:`CMS.lss_write`).
+
+    x_norm: (B, n, d) the level's normalised input n(x); eta: (B, n, 1) η_t; y: (B, n, d) the
+    level's output, the tensor u = ∂L_c/∂y is taken with respect to.
+    """
+
+    x_norm: Tensor
+    eta: Tensor
+    y: Tensor
 
 
 class CMSLevel(nn.Module):
     """The slow parameters of one level: norm gain, initial fast weights, k/v projections, η gate.
 
     Initial fast weights: ``w_in``, ``w_out`` (form ``"mlp"``) or ``w_gate``, ``w_up``, ``w_down``
-    (form ``"swiglu"``); :attr:`initial` names them by their state keys W1, W2(, W3).
+    (form ``"swiglu"``); :attr:`initial` names them by their state keys W1, W2(, W3). The k/v
+    projections exist for the ``kv`` signal, the η gate for ``kv`` and ``lss``. Under the
+    ``optimizer`` signal the level has neither and is tagged with its step period.
+
+    Args:
+        d_model: width d.
+        hidden: hidden width of the level.
+        period: the level's entry of ``cfg.schedule``: its chunk size C in tokens (``kv``, ``lss``)
+            or its step period in optimiser steps (``optimizer``).
+        cfg: the CMS config.
+        eps: RMSNorm epsilon.
     """
 
-    def __init__(self, d_model: int, hidden: int, chunk_size: int, cfg: CMSConfig, eps: float = 1e-6):
+    def __init__(self, d_model: int, hidden: int, period: int, cfg: CMSConfig, eps: float = 1e-6):
         super().__init__()
-        self.chunk_size = chunk_size
+        self.signal = cfg.signal
         self.form = cfg.level_form
-        self.static = cfg.eta_max == 0
-        self.eta_scale = cfg.eta_max / (chunk_size * d_model)
+        writes = cfg.signal != "optimizer"
+        self.chunk_size = period if writes else None
+        self.static = cfg.eta_max == 0 or not writes
+        self.eta_scale = cfg.eta_max / (period * d_model) if writes else 0.0
         self.eta_init = cfg.eta_init
-        self.spec = MemorySpec(kind="mlp", objective="l2", rule="gd", momentum="none", chunk_size=chunk_size,
-                               activation=cfg.activation, residual=False, field="cms")
+        self.spec = MemorySpec(kind="mlp", objective="l2" if cfg.signal == "kv" else "dot", rule="gd",
+                               momentum="none", chunk_size=period, activation=cfg.activation, residual=False,
+                               field="cms")
         self.norm = RMSNorm(d_model, eps)
         if self.form == "mlp":
             self.w_in = nn.Parameter(torch.empty(hidden, d_model))
@@ -202,9 +269,11 @@ class CMSLevel(nn.Module):
             self.w_gate = nn.Parameter(torch.empty(hidden, d_model))
             self.w_up = nn.Parameter(torch.empty(hidden, d_model))
             self.w_down = nn.Parameter(torch.empty(d_model, hidden))
-        self.key = nn.Linear(d_model, d_model, bias=False)
-        self.value = nn.Linear(d_model, d_model, bias=False)
-        self.eta = nn.Linear(d_model, 1)
+        self.key = nn.Linear(d_model, d_model, bias=False) if cfg.signal == "kv" else None
+        self.value = nn.Linear(d_model, d_model, bias=False) if cfg.signal == "kv" else None
+        self.eta = nn.Linear(d_model, 1) if writes else None
+        if not writes:
+            setattr(self, STEP_PERIOD_ATTR, period)
         self.reset_special_parameters()
 
     @property
@@ -220,8 +289,9 @@ class CMSLevel(nn.Module):
             nn.init.normal_(init[name], std=1.0 / math.sqrt(init[name].shape[1]))
         w_out = init["W1"]
         nn.init.normal_(w_out, std=0.02 / math.sqrt(w_out.shape[1] / w_out.shape[0]))
-        nn.init.zeros_(self.eta.weight)
-        nn.init.constant_(self.eta.bias, math.log(self.eta_init / (1 - self.eta_init)))
+        if self.eta is not None:
+            nn.init.zeros_(self.eta.weight)
+            nn.init.constant_(self.eta.bias, math.log(self.eta_init / (1 - self.eta_init)))
 
     def read(self, weights: State, x: Tensor, x_norm: Tensor | None = None) -> Tensor:
         """F(x) with fixed weights: x (B, n, d) -> (B, n, d); ``x_norm`` is n(x) if already computed."""
@@ -230,22 +300,33 @@ class CMSLevel(nn.Module):
             return x + memory_apply(self.spec, weights, x_norm)
         return x + swiglu_apply(weights, x_norm)
 
-    def write_inputs(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def write_inputs(self, x: Tensor, x_norm: Tensor | None = None, u: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """The parts of the write that do not depend on the fast weights, for all tokens of x (B, n, d).
 
+        Args:
+            x: (B, n, d) the level's input; x_norm: n(x) if already computed.
+            u: (B, n, d) the ``lss`` value ∂L_c/∂y (required for ``lss``, unused for ``kv``).
+
         Returns:
-            n(k): (B, n, d), the inner key; v − k: (B, n, d), the target of the non-residual body;
-            η: (B, n, 1).
+            the inner key: n(k) (``kv``) or n(x) (``lss``), (B, n, d); the inner value: v − k
+            (``kv``) or −u (``lss``), (B, n, d); η: (B, n, 1).
         """
+        eta = self.eta_of(x).unsqueeze(-1)
+        if self.signal == "lss":
+            return (self.norm(x) if x_norm is None else x_norm), -u, eta
         k, v = self.key(x), self.value(x)
-        return self.norm(k), v - k, self.eta_of(x).unsqueeze(-1)
+        return self.norm(k), v - k, eta
 
     def write_sum(self, weights: State, key: Tensor, target: Tensor, eta: Tensor) -> State:
-        """Σ_t η_t ∇_θ ½‖F_θ(k_t) − v_t‖² over a chunk, at ``weights``, in closed form (spec §5.8)."""
+        """Σ_t η_t g_t over a chunk, at ``weights``, in closed form (spec §5.8).
+
+        g_t = ∇_θ ½‖F_θ(k_t) − v_t‖² (``kv``) or ∇_θ ⟨F_θ(x_t), u_t⟩ (``lss``), with ``key``,
+        ``target`` from :meth:`write_inputs`.
+        """
         if self.form == "mlp":
             factors = boundary_factors(self.spec, weights, key, target)
         else:
-            factors = swiglu_factors(weights, key, target)
+            factors = swiglu_factors(weights, key, target, self.spec.objective)
         return {name: (e * eta).mT @ p for name, (e, p) in factors.items()}
 
     def eta_of(self, x: Tensor) -> Tensor:
@@ -259,7 +340,7 @@ class CMS(nn.Module):
     State keys per level i, for each fast weight W{j} of the level (j = 1, 2, and 3 for SwiGLU):
     ``{i}.W{j}`` (the fast weight), ``{i}.G{j}`` (the pending write of the current partial chunk)
     and, in the nested variant for levels i ≥ 1, ``{i}.I{j}``, ``{i}.H{j}`` (the fast initial state
-    and its pending write). Static levels (η_max = 0) have no state.
+    and its pending write). Static levels (η_max = 0, or the ``optimizer`` signal) have no state.
     """
 
     def __init__(self, d_model: int, cfg: CMSConfig, eps: float = 1e-6):
@@ -270,8 +351,13 @@ class CMS(nn.Module):
                               "layers; this model family builds every block with the whole chain (use 'every_layer')")
         self.cfg = cfg
         hidden = cfg.hidden or cfg.hidden_mult * d_model
-        self.levels = nn.ModuleList(CMSLevel(d_model, hidden, c, cfg, eps) for c in cfg.chunk_sizes)
-        self.agg = nn.Parameter(torch.zeros(len(cfg.chunk_sizes))) if cfg.variant == "independent" else None
+        self.levels = nn.ModuleList(CMSLevel(d_model, hidden, c, cfg, eps) for c in cfg.schedule)
+        self.agg = nn.Parameter(torch.zeros(len(cfg.schedule))) if cfg.variant == "independent" else None
+
+    @property
+    def lss_levels(self) -> list[int]:
+        """Indices of the levels written by the ``lss`` signal (none for other signals or η_max = 0)."""
+        return [i for i, level in enumerate(self.levels) if level.signal == "lss" and not level.static]
 
     def init_state(self, batch_size: int, device=None, dtype=None) -> State:
         state = {}
@@ -291,30 +377,48 @@ class CMS(nn.Module):
         idx = list(range(len(self.levels)))
         return idx if self.cfg.order == "slow_first" else idx[::-1]
 
-    def forward(self, x: Tensor, state: State | None = None, pos: int = 0) -> tuple[Tensor, State]:
-        """x: (batch, seq, d_model) at absolute positions pos.. -> (output, new state)."""
+    def forward(self, x: Tensor, state: State | None = None, pos: int = 0, u: dict[int, Tensor] | None = None,
+                tape: dict[int, list[LSSRecord]] | None = None) -> tuple[Tensor, State]:
+        """x: (batch, seq, d_model) at absolute positions pos.. -> (output, new state).
+
+        The ``lss`` signal needs one of:
+
+        * ``u``: level index -> (batch, seq, d_model), the value u_t of every ``lss`` level at every
+          token of x; the levels then write at their chunk ends like ``kv`` levels;
+        * ``tape`` (driven by the model, :mod:`nestlearn.models.lss`): the ``lss`` levels only read,
+          and append one :class:`LSSRecord` per call to ``tape[level]``; x must not cross a chunk
+          end of an ``lss`` level except at its last token, and the caller applies the write there
+          with :meth:`lss_write`.
+        """
         if state is None:
             state = self.init_state(x.shape[0], x.device, x.dtype)
+        if self.lss_levels and u is None and tape is None:
+            raise ValueError("CMS with cms.signal='lss' needs u (the value of each level) or a tape; inside a "
+                             "model the lss driver supplies them (nestlearn.models.lss)")
         new_state: State = {}
         if self.cfg.variant == "independent":
             weights = torch.softmax(self.agg, dim=0)
             y = torch.zeros_like(x)
             for i in self._apply_order():
-                out, s = self._level_scan(i, x, state, pos)
+                out, s = self._level_scan(i, x, state, pos, u, tape)
                 y = y + weights[i] * out
                 new_state.update(s)
             return y, new_state
         for i in self._apply_order():
-            x, s = self._level_scan(i, x, state, pos)
+            x, s = self._level_scan(i, x, state, pos, u, tape)
             new_state.update(s)
         return x, new_state
 
-    def _level_scan(self, i: int, x: Tensor, state: State, pos: int) -> tuple[Tensor, State]:
+    def _level_scan(self, i: int, x: Tensor, state: State, pos: int, u: dict[int, Tensor] | None,
+                    tape: dict[int, list[LSSRecord]] | None) -> tuple[Tensor, State]:
         """Run level i over x chunk by chunk: read with chunk-start weights, write at chunk ends (Eq 71)."""
         level = self.levels[i]
         if level.static:
             return level.read(level.initial, x), {}
         names = list(level.initial)
+        x_norm = level.norm(x)
+        if level.signal == "lss" and u is None:
+            return self._lss_read(i, x, x_norm, state, pos, tape)
         w = {n: state[f"{i}.{n}"] for n in names}
         g = {n: state[f"{i}.G{n[1:]}"] for n in names}
         nested = self.cfg.variant == "nested" and i > 0
@@ -323,11 +427,13 @@ class CMS(nn.Module):
             init = {n: state[f"{i}.I{n[1:]}"] for n in names}
             h = {n: state[f"{i}.H{n[1:]}"] for n in names}
         outs = []
-        x_norm = level.norm(x)
-        key, target, eta = level.write_inputs(x)
+        key, target, eta = level.write_inputs(x, x_norm, u.get(i) if u is not None else None)
         for start, end in chunk_bounds(pos, x.shape[1], level.chunk_size):
             xs, part = x[:, start:end], (key[:, start:end], target[:, start:end], eta[:, start:end])
-            outs.append(level.read(w, xs, x_norm[:, start:end]))
+            y = level.read(w, xs, x_norm[:, start:end])
+            if tape is not None:
+                tape.setdefault(i, []).append(LSSRecord(part[0], part[2], y))
+            outs.append(y)
             g = {n: g[n] + s for n, s in level.write_sum(w, *part).items()}
             if nested:
                 h = {n: h[n] + s for n, s in level.write_sum(init, *part).items()}
@@ -346,15 +452,63 @@ class CMS(nn.Module):
                 out[f"{i}.I{n[1:]}"], out[f"{i}.H{n[1:]}"] = init[n], h[n]
         return torch.cat(outs, dim=1), out
 
+    def _lss_read(self, i: int, x: Tensor, x_norm: Tensor, state: State, pos: int,
+                  tape: dict[int, list[LSSRecord]]) -> tuple[Tensor, State]:
+        """An ``lss`` level inside one chunk: read with the current weights and record the read."""
+        level = self.levels[i]
+        if pos % level.chunk_size + x.shape[1] > level.chunk_size:
+            raise ValueError(f"CMS level {i}: positions {pos}..{pos + x.shape[1] - 1} cross a chunk end of "
+                             f"C={level.chunk_size}; the lss driver must split the input at chunk ends")
+        y = level.read({n: state[f"{i}.{n}"] for n in level.initial}, x, x_norm)
+        if not y.requires_grad:  # u = ∂L_c/∂y needs y in a graph even when nothing upstream is trained
+            y.requires_grad_(True)
+        tape.setdefault(i, []).append(LSSRecord(x_norm, level.eta_of(x).unsqueeze(-1), y))
+        return y, {k: v for k, v in state.items() if k.split(".", 1)[0] == str(i)}
 
-def cms_reference(cms: CMS, x: Tensor, state: State | None = None, pos: int = 0) -> tuple[Tensor, State]:
+    def lss_write(self, i: int, state: State, records: list[LSSRecord], us: list[Tensor], end: int) -> State:
+        """Level i's write at the end of its chunk (absolute position ``end``), Eq 71 with the ``lss`` signal.
+
+        θ ← θ − Σ_t η_t ∇_θ ⟨F_θ(x_t), u_t⟩ over the chunk's reads ``records`` with values ``us``
+        (one (B, n, d) tensor per record, detached), at the chunk-start weights in ``state``.
+        Nested variant: the same values write the fast initial state, which replaces the level at a
+        boundary of the slower level (Eq 72). Returns level i's new state entries.
+        """
+        level = self.levels[i]
+        names = list(level.initial)
+        w = {n: state[f"{i}.{n}"] for n in names}
+        nested = self.cfg.variant == "nested" and i > 0
+        if nested:
+            init = {n: state[f"{i}.I{n[1:]}"] for n in names}
+            h = {n: state[f"{i}.H{n[1:]}"] for n in names}
+        delta = dict.fromkeys(names, 0)
+        for rec, u in zip(records, us):
+            part = (rec.x_norm, -u, rec.eta)
+            delta = {n: delta[n] + s for n, s in level.write_sum(w, *part).items()}
+            if nested:
+                h = {n: h[n] + s for n, s in level.write_sum(init, *part).items()}
+        w = {n: w[n] - delta[n] for n in names}
+        if nested and end % self.cfg.chunk_sizes[i - 1] == 0:
+            init = {n: init[n] - h[n] for n in init}
+            h = {n: torch.zeros_like(h[n]) for n in h}
+            w = dict(init)
+        out = {f"{i}.G{n[1:]}": state[f"{i}.G{n[1:]}"] for n in names}
+        for n in names:
+            out[f"{i}.{n}"] = w[n]
+            if nested:
+                out[f"{i}.I{n[1:]}"], out[f"{i}.H{n[1:]}"] = init[n], h[n]
+        return out
+
+
+def cms_reference(cms: CMS, x: Tensor, state: State | None = None, pos: int = 0,
+                  u: dict[int, Tensor] | None = None) -> tuple[Tensor, State]:
     """Token-by-token CMS, Eqs 70–74 written literally, with autograd inner gradients.
 
     The oracle for :meth:`CMS.forward`: each token reads every level with that level's current
-    weights, adds η_t ∇_θ ½‖F_θ(k_t) − v_t‖² (taken with ``torch.autograd.grad`` of the literal loss,
-    independently of the closed forms) to the level's pending write, and a level applies its pending
-    write after the last token of each of its chunks. A static level (η_max = 0) reads its initial
-    weights. Differentiable (``create_graph=True``).
+    weights, adds η_t g_t (``kv``: g_t = ∇_θ ½‖F_θ(k_t) − v_t‖²; ``lss``: g_t = ∇_θ ⟨F_θ(x_t), u_t⟩
+    with ``u`` as in :meth:`CMS.forward`; both taken with ``torch.autograd.grad`` of the literal
+    loss, independently of the closed forms) to the level's pending write, and a level applies its
+    pending write after the last token of each of its chunks. A static level (η_max = 0, or the
+    ``optimizer`` signal) reads its initial weights. Differentiable (``create_graph=True``).
     """
     if state is None:
         state = cms.init_state(x.shape[0], x.device, x.dtype)
@@ -370,7 +524,7 @@ def cms_reference(cms: CMS, x: Tensor, state: State | None = None, pos: int = 0)
             if level.static:
                 out = level.read(level.initial, inp)
             else:
-                out = _reference_level_step(cms, i, st, inp, a)
+                out = _reference_level_step(cms, i, st, inp, a, None if u is None else u[i][:, t:t + 1])
             if cms.cfg.variant == "independent":
                 level_outs.append((i, out))
             else:
@@ -382,7 +536,7 @@ def cms_reference(cms: CMS, x: Tensor, state: State | None = None, pos: int = 0)
     return torch.cat(outs, dim=1), st
 
 
-def _reference_level_step(cms: CMS, i: int, st: State, inp: Tensor, a: int) -> Tensor:
+def _reference_level_step(cms: CMS, i: int, st: State, inp: Tensor, a: int, u: Tensor | None) -> Tensor:
     """Level i reads token ``inp`` (B, 1, d) at absolute position a and updates its entries of ``st`` in place."""
     level = cms.levels[i]
     nested = cms.cfg.variant == "nested" and i > 0
@@ -390,11 +544,11 @@ def _reference_level_step(cms: CMS, i: int, st: State, inp: Tensor, a: int) -> T
     w = {f"W{j}": st[f"{i}.W{j}"] for j in suffixes}
     out = level.read(w, inp)
     eta = level.eta_of(inp)[:, 0, None, None]
-    for name, grad in _kv_grads(level, w, inp).items():
+    for name, grad in _inner_grads(level, w, inp, u).items():
         st[f"{i}.G{name[1:]}"] = st[f"{i}.G{name[1:]}"] + eta * grad
     if nested:
         init = {f"W{j}": st[f"{i}.I{j}"] for j in suffixes}
-        for name, grad in _kv_grads(level, init, inp).items():
+        for name, grad in _inner_grads(level, init, inp, u).items():
             st[f"{i}.H{name[1:]}"] = st[f"{i}.H{name[1:]}"] + eta * grad
     if (a + 1) % level.chunk_size == 0:
         for j in suffixes:
@@ -408,17 +562,23 @@ def _reference_level_step(cms: CMS, i: int, st: State, inp: Tensor, a: int) -> T
     return out
 
 
-def _kv_grads(level: CMSLevel, w: State, x: Tensor) -> State:
-    """Per-sample ∇ of ½‖F(k) − v‖² for one token x (B, 1, d), by autograd of the literal loss."""
-    k, v = level.key(x), level.value(x)
+def _inner_grads(level: CMSLevel, w: State, x: Tensor, u: Tensor | None) -> State:
+    """Per-sample g for one token x (B, 1, d), by autograd of the literal inner loss.
+
+    ``kv``: ½‖F(k) − v‖² with k = W_k x, v = W_v x; ``lss``: ⟨F(x), u⟩ with u (B, 1, d).
+    """
     with torch.enable_grad():
         leaves = {n: p if p.requires_grad else p.detach().requires_grad_(True) for n, p in w.items()}
+        k = x if level.signal == "lss" else level.key(x)
         z = level.norm(k)
         if level.form == "mlp":
             body = activation(level.spec.activation, z @ leaves["W2"].mT) @ leaves["W1"].mT
         else:
             body = (F.silu(z @ leaves["W2"].mT) * (z @ leaves["W3"].mT)) @ leaves["W1"].mT
-        loss = 0.5 * (k + body - v).pow(2).sum()
+        if level.signal == "lss":
+            loss = ((k + body) * u).sum()
+        else:
+            loss = 0.5 * (k + body - level.value(x)).pow(2).sum()
         names = list(leaves)
         grads = torch.autograd.grad(loss, [leaves[n] for n in names], create_graph=True)
     return dict(zip(names, grads))

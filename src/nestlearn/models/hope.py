@@ -19,6 +19,10 @@ Table 6 ablations as config overrides (NL-L §9.6, spec §9.8):
   (the MLP of Transformer++ and Titans), so the block keeps a channel mixer but nothing in it learns
   in context [Interp: the paper does not say what replaces CMS].
 
+CMS update signal (D13): ``model.cms.signal=kv`` (default), ``lss`` (the model's own next-token
+loss; the model then runs through :mod:`nestlearn.models.lss`) or ``optimizer`` (levels are slow
+parameters stepped every ``model.cms.step_periods[ℓ]`` optimiser steps).
+
 Stability: with the spec's unnormalised v (``model.selfmod.v_norm=none``, the default) the carried
 fast state of a trained tiny Hope diverged a few training lengths into a stream; ``v_norm=l2`` (a
 project proposal, see :class:`~nestlearn.layers.self_modifying.SelfModConfig`) kept it bounded.
@@ -65,6 +69,14 @@ class HopeConfig(LMConfig):
     def build_block(self, layer_idx: int) -> nn.Module:
         return HopeBlock(self)
 
+    def sequence_driver(self):
+        """The ``lss`` driver (:func:`nestlearn.models.lss.lss_forward`) when CMS levels learn from the model's loss."""
+        if self.use_cms and self.cms.signal == "lss" and self.cms.eta_max > 0:
+            from nestlearn.models.lss import lss_forward
+
+            return lss_forward
+        return None
+
 
 class HopeBlock(nn.Module):
     """x + SelfModTitans(RMSNorm(x)), then CMS (or, without CMS, + SwiGLU(RMSNorm(·)))."""
@@ -83,8 +95,11 @@ class HopeBlock(nn.Module):
             state.update({f"cms.{k}": v for k, v in self.cms.init_state(batch_size, device, dtype).items()})
         return state
 
-    def forward(self, x: torch.Tensor, state: State | None = None, pos: int = 0) -> tuple[torch.Tensor, State]:
-        """x: (B, T, d) at absolute positions pos.. -> (same shape, {selfmod.*, cms.*})."""
+    def forward(self, x: torch.Tensor, state: State | None = None, pos: int = 0, **cms_inputs) -> tuple[torch.Tensor, State]:
+        """x: (B, T, d) at absolute positions pos.. -> (same shape, {selfmod.*, cms.*}).
+
+        ``cms_inputs`` (``u``, ``tape``) go to :meth:`~nestlearn.layers.cms.CMS.forward` (``lss`` signal).
+        """
         sm_state = cms_state = None
         if state is not None:
             sm_state = {k[8:]: v for k, v in state.items() if k.startswith("selfmod.")}
@@ -94,6 +109,6 @@ class HopeBlock(nn.Module):
         new_state = {f"selfmod.{k}": v for k, v in sm_state.items()}
         if self.cms is None:
             return x + self.mlp(self.mlp_norm(x)), new_state
-        y, cms_state = self.cms(x, cms_state, pos)
+        y, cms_state = self.cms(x, cms_state, pos, **cms_inputs)
         new_state.update({f"cms.{k}": v for k, v in cms_state.items()})
         return y, new_state

@@ -46,18 +46,31 @@ class HopeAttentionConfig(LMConfig):
             raise ConfigError("model.n_heads", f"must divide model.d_model={self.d_model} into an even head size, got {self.n_heads}")
         self.cms.validate("model.cms")
         if self.cms.level_assignment == "depth_groups":  # rejects more levels than layers, naming the field
-            depth_group_chunk_sizes(self.n_layers, self.cms.chunk_sizes)
+            field = "step_periods" if self.cms.signal == "optimizer" else "chunk_sizes"
+            depth_group_chunk_sizes(self.n_layers, self.cms.schedule, f"model.cms.{field}")
 
     def block_cms(self, layer_idx: int) -> CMSConfig:
         """The CMS of block ``layer_idx``: the whole chain, or under ``depth_groups`` (D17) the single
-        level of the block's depth group (:func:`~nestlearn.layers.cms.depth_group_chunk_sizes`)."""
+        level of the block's depth group (:func:`~nestlearn.layers.cms.depth_group_chunk_sizes`;
+        under the ``optimizer`` signal the groups share out ``step_periods``)."""
         if self.cms.level_assignment == "every_layer":
             return self.cms
+        if self.cms.signal == "optimizer":
+            period = depth_group_chunk_sizes(self.n_layers, self.cms.step_periods, "model.cms.step_periods")[layer_idx]
+            return dataclasses.replace(self.cms, step_periods=(period,), level_assignment="every_layer")
         chunk = depth_group_chunk_sizes(self.n_layers, self.cms.chunk_sizes)[layer_idx]
         return dataclasses.replace(self.cms, chunk_sizes=(chunk,), level_assignment="every_layer")
 
     def build_block(self, layer_idx: int) -> nn.Module:
         return HopeAttentionBlock(self, self.block_cms(layer_idx))
+
+    def sequence_driver(self):
+        """The ``lss`` driver (:func:`nestlearn.models.lss.lss_forward`) when CMS levels learn from the model's loss."""
+        if self.cms.signal == "lss" and self.cms.eta_max > 0:
+            from nestlearn.models.lss import lss_forward
+
+            return lss_forward
+        return None
 
 
 class HopeAttentionBlock(nn.Module):
@@ -82,13 +95,16 @@ class HopeAttentionBlock(nn.Module):
         return state
 
     def forward(self, x: torch.Tensor, state: dict[str, torch.Tensor] | None = None,
-                pos: int = 0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """x: (batch, seq, d_model) -> (same shape, {attn.k, attn.v, cms.*})."""
+                pos: int = 0, **cms_inputs) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """x: (batch, seq, d_model) -> (same shape, {attn.k, attn.v, cms.*}).
+
+        ``cms_inputs`` (``u``, ``tape``) go to :meth:`~nestlearn.layers.cms.CMS.forward` (``lss`` signal).
+        """
         attn_state = cms_state = None
         if state is not None:
             attn_state = {"k": state["attn.k"], "v": state["attn.v"]}
             cms_state = {k[4:]: v for k, v in state.items() if k.startswith("cms.")}
         h, attn_state = self.attn(self.attn_norm(x), attn_state, pos)
-        y, cms_state = self.cms(x + h, cms_state, pos)
+        y, cms_state = self.cms(x + h, cms_state, pos, **cms_inputs)
         return y, {"attn.k": attn_state["k"], "attn.v": attn_state["v"],
                    **{f"cms.{k}": v for k, v in cms_state.items()}}

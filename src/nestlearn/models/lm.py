@@ -26,6 +26,7 @@ from typing import Any, ClassVar, NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from nestlearn.errors import ConfigError, NestlearnError, check_positive
 from nestlearn.layers.norm import RMSNorm
@@ -70,6 +71,12 @@ class LMConfig:
 
     def build_block(self, layer_idx: int) -> nn.Module:
         raise NotImplementedError
+
+    def sequence_driver(self) -> Any:
+        """None, or ``fn(model, tokens, state, targets, learn) -> LMOutput`` that runs a whole call in
+        place of the block loop of :meth:`CausalLM.forward`: for a family whose blocks need the
+        model's own loss inside the sequence (Hope's CMS with ``cms.signal = "lss"``, D13)."""
+        return None
 
 
 def register_family(name: str):
@@ -151,6 +158,9 @@ class CausalLM(nn.Module):
         config: a registered family config with ``vocab_size`` set.
     """
 
+    activation_checkpointing: bool = False
+    """Recompute each block's activations during backward instead of storing them (``train.activation_checkpointing``)."""
+
     def __init__(self, config: LMConfig):
         super().__init__()
         if config.vocab_size is None:
@@ -193,22 +203,31 @@ class CausalLM(nn.Module):
         return LMState(0, [blk.init_state(batch_size, device, dtype) for blk in self.blocks])
 
     def forward(self, tokens: torch.Tensor, state: LMState | None = None,
-                targets: torch.Tensor | None = None) -> LMOutput:
+                targets: torch.Tensor | None = None, learn: bool = True) -> LMOutput:
         """tokens: (batch, seq) ids; targets: (batch, seq) ids or None -> :class:`LMOutput`.
 
         With ``state`` the sequence continues the one that produced it; the returned state continues
-        this one.
+        this one. ``learn=False`` marks the tokens as generated: fast weights that learn from the
+        model's own next-token loss (``cms.signal = "lss"``) never use them as targets; other
+        families ignore it.
         """
         pos = 0 if state is None else state.pos
         if self.config.bounded_context and pos + tokens.shape[1] > self.config.max_seq_len:
             raise NestlearnError(
                 f"sequence length {pos + tokens.shape[1]} (cached {pos} + new {tokens.shape[1]}) exceeds "
                 f"model.max_seq_len={self.config.max_seq_len}; use a shorter sequence or a model with a larger max_seq_len")
+        driver = self.config.sequence_driver()
+        if driver is not None:
+            return driver(self, tokens, state, targets, learn)
         x = self.embed(tokens)
         layer_states = [None] * len(self.blocks) if state is None else state.layers
         new_states = []
+        recompute = self.activation_checkpointing and torch.is_grad_enabled()
         for blk, s in zip(self.blocks, layer_states):
-            x, s = blk(x, s, pos)
+            if recompute:
+                x, s = checkpoint(blk, x, s, pos, use_reentrant=False)
+            else:
+                x, s = blk(x, s, pos)
             new_states.append(s)
         logits = F.linear(self.norm(x), self.head_weight)
         loss = None
@@ -232,7 +251,8 @@ class CausalLM(nn.Module):
 
         A model with a bounded context (softmax attention) that reaches ``max_seq_len`` continues
         with a sliding window: it re-reads the last ``max_seq_len // 2`` tokens with a fresh cache.
-        A prompt longer than ``max_seq_len`` is an error.
+        A prompt longer than ``max_seq_len`` is an error. Generated tokens are fed with
+        ``learn=False``: fast weights never learn from the model's own samples (D13).
 
         Returns:
             (batch, prompt_len + max_new_tokens) ids, and the state after the last token.
@@ -251,9 +271,9 @@ class CausalLM(nn.Module):
                 break
             if self.config.bounded_context and state.pos >= self.config.max_seq_len:
                 window = torch.cat(tokens, dim=1)[:, -(self.config.max_seq_len // 2):]
-                out = self(window)
+                out = self(window, learn=False)
             else:
-                out = self(nxt, state=state)
+                out = self(nxt, state=state, learn=False)
             logits, state = out.logits[:, -1], out.state
         return torch.cat(tokens, dim=1), state
 

@@ -17,6 +17,7 @@ from nestlearn.optim.m3 import M3, VARIANTS
 from nestlearn.optim.momentum import PRECONDITIONERS, SIDES, DeltaMomentum, PreconditionedMomentum
 from nestlearn.optim.muon import SCALE_MODES, Muon
 from nestlearn.optim.newton_schulz import NS_COEFFICIENTS, NS_STEPS
+from nestlearn.optim.periodic import PeriodicOptimizer, periodic_parameters
 from nestlearn.optim.routing import CombinedOptimizer, ParamRouting, adamw_groups, route_parameters
 
 OPTIMIZER_NAMES = ("adamw", "muon", "m3", "dmgd", "delta", "precond", "dgd")
@@ -178,7 +179,17 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> Optimizer:
     child is the named optimiser over the hidden matrices (if there are any) and whose second
     child is AdamW over everything else (if there is anything), with learning rate
     ``cfg.adamw_lr or cfg.lr``. Both work with ``torch.optim.lr_scheduler`` schedulers.
+
+    If the model tags modules with a step period > 1 (CMS levels under ``cms.signal = "optimizer"``,
+    D13), the optimiser is wrapped in a :class:`~nestlearn.optim.periodic.PeriodicOptimizer`, which
+    steps those parameters only every p-th step with their summed gradients.
     """
+    optimizer = _build(model, cfg)
+    periodic = periodic_parameters(model)
+    return PeriodicOptimizer(optimizer, periodic) if periodic else optimizer
+
+
+def _build(model: nn.Module, cfg: OptimConfig) -> Optimizer:
     cfg.validate()
     routing = route_parameters(model)
     if not routing.matrix and not routing.adamw:
