@@ -110,3 +110,10 @@ def test_checkpoint_records_switches_and_resume_refuses_a_changed_switch(tmp_pat
     _, meta = load_checkpoint(tmp_path / "run")
     assert meta["switches"]["model.selfmod.inner_rule"] == "gd"
     assert meta["config_overrides"][0]["changes"][0][:3] == ["model.selfmod.inner_rule", "dgd", "gd"]
+
+
+def test_docs_switch_table_is_in_sync():
+    from pathlib import Path
+
+    doc = (Path(__file__).parents[1] / "docs" / "switches.md").read_text(encoding="utf-8")
+    assert registry_table() in doc, "regenerate docs/switches.md from `nestlearn info --switches`"

@@ -4,6 +4,7 @@
   :class:`PreconditionedMomentum` (Eq 47), :class:`DMGD` (Eq 50/52, D21), :class:`DGD` (Eq 57, D1);
 - :func:`newton_schulz` (D20);
 - :func:`route_parameters` and :class:`CombinedOptimizer` (D20);
+- :class:`PeriodicOptimizer`: per-level step periods for the CMS ``optimizer`` signal (D13, D16);
 - :class:`OptimConfig` and :func:`build_optimizer`, used by the trainer.
 """
 
@@ -13,23 +14,35 @@ from nestlearn.optim.dmgd import DMGD
 from nestlearn.optim.m3 import M3
 from nestlearn.optim.momentum import DeltaMomentum, PreconditionedMomentum
 from nestlearn.optim.muon import Muon
-from nestlearn.optim.newton_schulz import CUBIC_COEFFICIENTS, NS_COEFFICIENTS, NS_STEPS, newton_schulz
-from nestlearn.optim.routing import NO_MUON_ATTR, CombinedOptimizer, ParamRouting, route_parameters
+from nestlearn.optim.newton_schulz import (
+    CUBIC_COEFFICIENTS,
+    NS_COEFFICIENTS,
+    NS_STEPS,
+    newton_schulz,
+)
+from nestlearn.optim.periodic import PeriodicOptimizer
+from nestlearn.optim.routing import (
+    NO_MUON_ATTR,
+    CombinedOptimizer,
+    ParamRouting,
+    route_parameters,
+)
 
 __all__ = [
     "CUBIC_COEFFICIENTS",
-    "CombinedOptimizer",
     "DGD",
     "DMGD",
-    "DeltaMomentum",
     "M3",
-    "Muon",
     "NO_MUON_ATTR",
     "NS_COEFFICIENTS",
     "NS_STEPS",
     "OPTIMIZER_NAMES",
+    "CombinedOptimizer",
+    "DeltaMomentum",
+    "Muon",
     "OptimConfig",
     "ParamRouting",
+    "PeriodicOptimizer",
     "PreconditionedMomentum",
     "build_optimizer",
     "newton_schulz",
