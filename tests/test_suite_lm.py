@@ -48,3 +48,18 @@ def test_micro_run_scores_every_model_and_writes_tables(tmp_path):
     text = markdown(summary, budget, "cmd")
     assert "| Hope | 16 |" in text and "Transformer++" in text
     assert (tmp_path / "lm_results.json").exists()
+
+
+def test_an_interrupted_run_resumes_without_retraining(tmp_path, monkeypatch):
+    import nestlearn.eval.suite.lm as lm
+
+    budget = replace(QUICK, d_model=16, steps=1, warmup_steps=1, seq_len=16, batch_size=2, eval_tokens=64,
+                     chunk_sizes=(8, 4), selfmod_chunks=(4, 8), threads=1)
+    first = run(budget, tmp_path, tables=("models",), isolate=False, progress=False)
+
+    def fail(*args):
+        raise AssertionError("a finished row was trained again")
+
+    monkeypatch.setattr(lm, "train_row", fail)
+    again = run(budget, tmp_path, tables=("models",), isolate=False, progress=False)
+    assert [r["result"]["bpb"] for r in again] == [r["result"]["bpb"] for r in first]

@@ -87,8 +87,8 @@ class Budget:
 
 QUICK = Budget(d_model=48, n_layers=2, seq_len=64, batch_size=4, steps=40, warmup_steps=5, lr=3e-3,
                eval_tokens=4096, seeds=(0,), signal_seeds=(0,), chunk_sizes=(32, 16, 8), selfmod_chunks=(8, 16))
-FULL = Budget(d_model=64, n_layers=2, seq_len=512, batch_size=4, steps=300, warmup_steps=30, lr=3e-3,
-              eval_tokens=65536, seeds=(0,), signal_seeds=(0, 1, 2), chunk_sizes=(256, 64, 16))
+FULL = Budget(d_model=64, n_layers=2, seq_len=512, batch_size=4, steps=150, warmup_steps=15, lr=3e-3,
+              eval_tokens=32768, seeds=(0,), signal_seeds=(0, 1, 2), chunk_sizes=(256, 64, 16))
 
 
 @dataclass(frozen=True)
@@ -281,8 +281,8 @@ def markdown(summary: dict[str, Any], budget: Budget, command: str) -> str:
              f"cosine; validation bpb on the first {b.eval_tokens:,} validation targets.",
              "- *reset*: state reset per window of the training length (D18); *carried*: the validation text "
              "read as long streams with the state carried across windows (recurrent models only).",
-             "- tok/s: training tokens per second of the row's own process; peak RSS: that process's peak "
-             "resident memory (includes the Python and torch runtime).", ""]
+             f"- tok/s: training tokens per second of the row's own process ({b.threads} torch thread(s)); "
+             "peak RSS: that process's peak resident memory (includes the Python and torch runtime).", ""]
     models = summary.get("models", {})
     if models:
         lines += ["### Models at equal parameters and tokens", "",
@@ -326,9 +326,17 @@ def run(budget: Budget, out_dir: Path, tables: tuple[str, ...] = ("models", "abl
 
     rows = [r for r in plan(budget) if r.table in tables]
     out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "lm_results.json"
+    # Rows already scored under the same budget are kept, so an interrupted benchmark resumes.
+    saved = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    done = {(r["table"], r["key"], r["seed"]): r for r in saved.get("rows", [])
+            if saved.get("budget") == json.loads(json.dumps(asdict(budget)))}
     results = []
     bar = tqdm(rows, desc="lm", unit="run", disable=not progress)
     for row in bar:
+        if (row.table, row.key, row.seed) in done:
+            results.append(done[(row.table, row.key, row.seed)])
+            continue
         bar.set_postfix(row=f"{row.table}/{row.key}/s{row.seed}")
         args = (asdict(row), asdict(budget), str(out_dir / "runs"))
         if isolate:
@@ -338,7 +346,8 @@ def run(budget: Budget, out_dir: Path, tables: tuple[str, ...] = ("models", "abl
         else:
             result = train_row(*args)
         results.append({**asdict(row), "result": result})
-        (out_dir / "lm_results.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
+        kept = [r for key, r in done.items() if key not in {(x["table"], x["key"], x["seed"]) for x in results}]
+        path.write_text(json.dumps({"budget": asdict(budget), "rows": kept + results}, indent=1), encoding="utf-8")
     return results
 
 
