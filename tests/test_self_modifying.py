@@ -41,9 +41,9 @@ ABLATIONS = {
     "heads": {"heads": 2, "memory_hidden": 12},
     "gelu": {"activation": "gelu"},
     "equal_chunks": {"chunk_size_other": 4},
-    "v_norm": {"v_norm": "l2"},
+    "v_norm_none": {"v_norm": "none"},
 }
-GRAD_CASES = ("default", "v_norm", "stopgrad", "read_boundary", "gd", "momentum_off", "adaptive_q", "conv_input",
+GRAD_CASES = ("default", "v_norm_none", "stopgrad", "read_boundary", "gd", "momentum_off", "adaptive_q", "conv_input",
               "conv_pointwise", "heads", "no_weight_decay", "dgd_normalize")
 
 

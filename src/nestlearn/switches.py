@@ -69,7 +69,7 @@ SWITCHES: tuple[Switch, ...] = (
     Switch(_SELFMOD + "eta_init", "number in (0, 1)", "Eq 86", "D8"),
     Switch(_SELFMOD + "alpha_init", "number in (0, 1)", "Eq 87", "D8"),
     Switch(_SELFMOD + "beta_init", "number in (0, 1)", "momentum gate (Titans Eq 10)", "D9"),
-    Switch(_SELFMOD + "v_norm", ("none", "l2"), "Eq 84 (self-generated values); stability of carried state", "project"),
+    Switch(_SELFMOD + "v_norm", ("l2", "none"), "Eq 84 (self-generated values); the literal form overflows within a few hundred tokens", "project"),
     Switch(_CMS + "signal", ("kv", "lss", "optimizer"), "Eq 71 ('the error component of an arbitrary optimizer')", "D13"),
     Switch(_CMS + "order", ("slow_first", "fast_first"), "Eqs 70, 97", "D14"),
     Switch(_CMS + "variant", ("sequential", "nested", "independent"), "Eqs 72–74", "D15"),

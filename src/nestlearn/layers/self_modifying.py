@@ -88,10 +88,13 @@ class SelfModConfig:
         activation: σ of the memories, ``"silu"`` or ``"gelu"`` (D12).
         memory_out_init: std of the initial W₁ of every memory (D12).
         eta_init, alpha_init, beta_init: initial η/η_max, α and β, set through the biases (D8, D9).
-        v_norm: ``"none"`` (spec §5.7: v is not normalised) or ``"l2"`` (v L2-normalised like k).
-            [project proposal, not in decisions.md] With ``"none"`` the self-generated targets
-            v̂ = M(v) grow with the memory that generates them, and a tiny Hope trained on 128-token
-            sequences diverged (NaN) within 384 tokens of carried state; with ``"l2"`` it stayed bounded.
+        v_norm: ``"l2"`` (v L2-normalised like k; the default) or ``"none"`` (spec §5.7 literally:
+            v is not normalised). [Project decision, not in decisions.md] With ``"none"`` the
+            self-generated targets v̂ = M(v) grow with the memory that generates them: at
+            initialisation a d=64 Hope on KJV bytes produced NaN from token ~400 of a 512-token
+            sequence (d=256 on random input: from token 144), so it cannot train at the D16
+            training lengths, and a tiny Hope trained on 128-token sequences diverged within 384
+            tokens of carried state. With ``"l2"`` both stayed bounded (docs/results.md, ablations).
     """
 
     write_grad: str = "differentiable"
@@ -118,7 +121,7 @@ class SelfModConfig:
     eta_init: float = 0.1
     alpha_init: float = 0.99
     beta_init: float = 0.5
-    v_norm: str = "none"
+    v_norm: str = "l2"
 
     def validate(self, prefix: str = "model.selfmod") -> None:
         check_choice(f"{prefix}.write_grad", self.write_grad, ("differentiable", "stopgrad"))

@@ -23,9 +23,10 @@ CMS update signal (D13): ``model.cms.signal=kv`` (default), ``lss`` (the model's
 loss; the model then runs through :mod:`nestlearn.models.lss`) or ``optimizer`` (levels are slow
 parameters stepped every ``model.cms.step_periods[ℓ]`` optimiser steps).
 
-Stability: with the spec's unnormalised v (``model.selfmod.v_norm=none``, the default) the carried
-fast state of a trained tiny Hope diverged a few training lengths into a stream; ``v_norm=l2`` (a
-project proposal, see :class:`~nestlearn.layers.self_modifying.SelfModConfig`) kept it bounded.
+Stability: with the spec's unnormalised v (``model.selfmod.v_norm=none``) the self-generated targets
+grow until the forward pass overflows, a few hundred tokens into a sequence even at initialisation;
+the default ``v_norm=l2`` (a project decision, see :class:`~nestlearn.layers.self_modifying.SelfModConfig`)
+keeps it bounded.
 """
 
 from __future__ import annotations
