@@ -66,6 +66,9 @@ class Budget:
         chunk_sizes: Hope's CMS chunk sizes for the kv and lss signals (D13: (256, 64, 16) at length 512).
         step_periods: the CMS step periods for the optimizer signal (D16).
         selfmod_chunks: (chunk_size_memory, chunk_size_other) of the self-modifying memory (D4).
+        selfmod_eta_max: η_max of the self-modifying memory (D8 allows (0, 1]); D8's default 1.0 with
+            D9's data-dependent momentum diverged within 6 steps at training length 512 (lr 1e-3 and
+            3e-3), 0.3 trained stably.
         threads: torch threads per row.
     """
 
@@ -82,6 +85,7 @@ class Budget:
     chunk_sizes: tuple[int, ...]
     step_periods: tuple[int, ...] = (16, 4, 1)
     selfmod_chunks: tuple[int, int] = (16, 64)
+    selfmod_eta_max: float = 0.3
     threads: int = 2
 
 
@@ -108,7 +112,8 @@ def hope_model(budget: Budget, **overrides: Any) -> dict[str, Any]:
     model: dict[str, Any] = {"family": "hope", "d_model": budget.d_model, "n_layers": budget.n_layers,
                              "max_seq_len": budget.seq_len,
                              "selfmod": {"chunk_size_memory": budget.selfmod_chunks[0],
-                                         "chunk_size_other": budget.selfmod_chunks[1]},
+                                         "chunk_size_other": budget.selfmod_chunks[1],
+                                         "eta_max": budget.selfmod_eta_max},
                              "cms": {"chunk_sizes": list(budget.chunk_sizes)}}
     for key, value in overrides.items():
         model[key] = {**model.get(key, {}), **value} if isinstance(value, dict) else value
