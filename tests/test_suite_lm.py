@@ -63,3 +63,19 @@ def test_an_interrupted_run_resumes_without_retraining(tmp_path, monkeypatch):
     monkeypatch.setattr(lm, "train_row", fail)
     again = run(budget, tmp_path, tables=("models",), isolate=False, progress=False)
     assert [r["result"]["bpb"] for r in again] == [r["result"]["bpb"] for r in first]
+
+
+def test_diverged_and_overflowed_rows_are_reported_not_averaged():
+    def row(table, key, bpb, carried, diverged=None, seed=0):
+        return {"table": table, "key": key, "label": key, "seed": seed,
+                "result": {"bpb": bpb, "bpb_carried": carried, "diverged_at": diverged, "tok_s": 10.0,
+                           "peak_rss_mb": 1.0, "parameters": 5, "d_model": 8, "switches": [], "recurrent": True}}
+
+    summary = summarise([row("models", "hope", 2.0, None), row("ablations", "no_dgd", None, None, diverged=3),
+                         row("signals", "kv", 2.1, 2.0), row("signals", "lss", None, None, diverged=1)])
+    assert summary["ablations"]["no_dgd"]["mean"] is None
+    assert "diverged (step 3)" in summary["ablations"]["no_dgd"]["note"]
+    assert summary["models"]["hope"]["note"] == "carried state overflowed"
+    text = markdown(summary, QUICK, "cmd")
+    assert "overflowed" in text and "training diverged (step 3)" in text
+    assert "decision rule → `kv`" in text

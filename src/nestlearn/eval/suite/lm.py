@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import math
 import multiprocessing
 import resource
 import statistics
@@ -189,6 +190,7 @@ def train_row(row: dict[str, Any], budget: dict[str, Any], out_dir: str) -> dict
     from nestlearn.switches import non_default_switches
     from nestlearn.train import Trainer
     from nestlearn.train.config import load_run_config
+    from nestlearn.train.trainer import TrainingDiverged
 
     b = Budget(**{**budget, "seeds": tuple(budget["seeds"]), "signal_seeds": tuple(budget["signal_seeds"]),
                   "chunk_sizes": tuple(budget["chunk_sizes"]), "step_periods": tuple(budget["step_periods"]),
@@ -202,22 +204,34 @@ def train_row(row: dict[str, Any], budget: dict[str, Any], out_dir: str) -> dict
                   "eval_tokens": b.eval_tokens, "sample_tokens": 0}})
     trainer = Trainer(cfg, progress=False)
     losses = []
+    diverged_at = None
     start = time.perf_counter()
     for _ in range(b.steps):
-        losses.append(trainer.train_step()["loss"])
+        try:
+            losses.append(trainer.train_step()["loss"])
+        except TrainingDiverged:
+            diverged_at = trainer.step + 1
+            break
     train_s = time.perf_counter() - start
     model, val, token_bytes = trainer.model, trainer.val_ids, trainer.token_bytes
-    reset = evaluate_bpb(model, val, token_bytes, b.seq_len, b.batch_size * 4, b.eval_tokens)
-    carried = None
-    if not model.config.bounded_context:
-        carried = evaluate_bpb_carried(model, val, token_bytes, b.seq_len, streams=b.batch_size * 4,
-                                       max_tokens=b.eval_tokens)["bpb"]
+    reset = carried = None
+    if diverged_at is None:
+        reset = _finite(evaluate_bpb(model, val, token_bytes, b.seq_len, b.batch_size * 4, b.eval_tokens)["bpb"])
+        if not model.config.bounded_context:
+            carried = _finite(evaluate_bpb_carried(model, val, token_bytes, b.seq_len, streams=b.batch_size * 4,
+                                                   max_tokens=b.eval_tokens)["bpb"])
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"bpb": reset["bpb"], "bpb_carried": carried, "tok_s": b.steps * b.batch_size * b.seq_len / train_s,
+    return {"bpb": reset, "bpb_carried": carried, "diverged_at": diverged_at,
+            "tok_s": max(len(losses), 1) * b.batch_size * b.seq_len / train_s,
             "peak_rss_mb": peak_kb / 1024 if sys.platform != "darwin" else peak_kb / 2**20,
-            "parameters": model.num_parameters(non_embedding=True), "final_train_loss": losses[-1],
+            "parameters": model.num_parameters(non_embedding=True), "final_train_loss": (losses or [None])[-1],
             "switches": [[p, v] for p, v, _ in non_default_switches(cfg.to_dict())],
-            "d_model": cfg.model.d_model}
+            "d_model": cfg.model.d_model, "recurrent": not model.config.bounded_context}
+
+
+def _finite(x: float) -> float | None:
+    """None marks a score that overflowed (the carried state blew up)."""
+    return x if math.isfinite(x) else None
 
 
 def choose_cms_signal(stats: dict[str, dict[str, float]]) -> tuple[str, str]:
@@ -248,8 +262,14 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
-def _fmt(x: float | None, digits: int = 3) -> str:
-    return "—" if x is None else f"{x:.{digits}f}"
+def _score(s: dict[str, Any]) -> str:
+    return s["note"] if s["mean"] is None else f"{s['mean']:.3f}"
+
+
+def _carried(s: dict[str, Any]) -> str:
+    if s["carried"] is not None:
+        return f"{s['carried']:.3f}"
+    return "overflowed" if s["note"] == "carried state overflowed" else "—"
 
 
 def _switches(rows: list[dict[str, Any]]) -> str:
@@ -264,11 +284,15 @@ def summarise(results: list[dict[str, Any]]) -> dict[str, Any]:
         groups.setdefault((r["table"], r["key"]), []).append(r)
     out: dict[str, Any] = {}
     for (table, key), rows in groups.items():
-        bpb = _mean_std([r["result"]["bpb"] for r in rows])
+        scores = [r["result"]["bpb"] for r in rows]
+        bpb = _mean_std(scores) if None not in scores else (None, None)
         carried = [r["result"]["bpb_carried"] for r in rows]
+        diverged = [r["result"]["diverged_at"] for r in rows if r["result"].get("diverged_at")]
         out.setdefault(table, {})[key] = {
             "label": rows[0]["label"], "seeds": [r["seed"] for r in rows], "mean": bpb[0], "std": bpb[1],
-            "carried": None if carried[0] is None else statistics.fmean(carried),
+            "carried": None if None in carried else statistics.fmean(carried),
+            "note": (f"training diverged (step {min(diverged)})" if diverged else
+                     "carried state overflowed" if rows[0]["result"].get("recurrent") and None in carried else ""),
             "tok_s": statistics.median(r["result"]["tok_s"] for r in rows),
             "peak_rss_mb": max(r["result"]["peak_rss_mb"] for r in rows),
             "parameters": rows[0]["result"]["parameters"], "d_model": rows[0]["result"]["d_model"],
@@ -294,8 +318,8 @@ def markdown(summary: dict[str, Any], budget: Budget, command: str) -> str:
                   "| model | d_model | non-emb. params | val bpb (reset) | val bpb (carried) | tok/s | peak RSS MB | "
                   "paper Wiki ppl (760M) |", "|---|---|---|---|---|---|---|---|"]
         for key, s in models.items():
-            lines.append(f"| {s['label']} | {s['d_model']} | {s['parameters']:,} | {_fmt(s['mean'])} | "
-                         f"{_fmt(s['carried'])} | {s['tok_s']:.0f} | {s['peak_rss_mb']:.0f} | "
+            lines.append(f"| {s['label']} | {s['d_model']} | {s['parameters']:,} | {_score(s)} | "
+                         f"{_carried(s)} | {s['tok_s']:.0f} | {s['peak_rss_mb']:.0f} | "
                          f"{PAPER_WIKI_760M.get(key, '—')} |")
         lines.append("")
     ablations = summary.get("ablations", {})
@@ -304,12 +328,13 @@ def markdown(summary: dict[str, Any], budget: Budget, command: str) -> str:
         lines += ["### Table-6 ablations of Hope", "",
                   "| variant | switches | val bpb (reset) | Δ vs Hope | val bpb (carried) | paper ppl / acc |",
                   "|---|---|---|---|---|---|",
-                  f"| Hope | {hope['switches']} | {_fmt(hope['mean'])} | — | {_fmt(hope['carried'])} | "
+                  f"| Hope | {hope['switches']} | {_score(hope)} | — | {_carried(hope)} | "
                   f"{'%.2f / %.1f' % PAPER_TABLE6['hope']} |"]
         for key, s in ablations.items():
             paper = PAPER_TABLE6.get(key)
-            lines.append(f"| {s['label']} | {s['switches']} | {_fmt(s['mean'])} | {s['mean'] - hope['mean']:+.3f} | "
-                         f"{_fmt(s['carried'])} | {'%.2f / %.1f' % paper if paper else '—'} |")
+            delta = "—" if s["mean"] is None or hope["mean"] is None else f"{s['mean'] - hope['mean']:+.3f}"
+            lines.append(f"| {s['label']} | {s['switches']} | {_score(s)} | {delta} | "
+                         f"{_carried(s)} | {'%.2f / %.1f' % paper if paper else '—'} |")
         lines.append("")
     signals = summary.get("signals", {})
     if signals:
@@ -317,10 +342,13 @@ def markdown(summary: dict[str, Any], budget: Budget, command: str) -> str:
                   "| signal | switches | seeds | val bpb (reset) mean ± std | val bpb (carried) | tok/s | peak RSS MB |",
                   "|---|---|---|---|---|---|---|"]
         for key, s in signals.items():
-            lines.append(f"| {key} | {s['switches']} | {', '.join(map(str, s['seeds']))} | {s['mean']:.4f} ± "
-                         f"{s['std']:.4f} | {_fmt(s['carried'])} | {s['tok_s']:.0f} | {s['peak_rss_mb']:.0f} |")
-        choice, reason = choose_cms_signal(signals)
-        lines += ["", f"**D13 decision rule → `{choice}`**: {reason}."]
+            score = s["note"] if s["mean"] is None else f"{s['mean']:.4f} ± {s['std']:.4f}"
+            lines.append(f"| {key} | {s['switches']} | {', '.join(map(str, s['seeds']))} | {score} | "
+                         f"{_carried(s)} | {s['tok_s']:.0f} | {s['peak_rss_mb']:.0f} |")
+        scored = {k: v for k, v in signals.items() if v["mean"] is not None}
+        if scored:
+            choice, reason = choose_cms_signal(scored)
+            lines += ["", f"**D13 decision rule → `{choice}`**: {reason}."]
     return "\n".join(lines) + "\n"
 
 
