@@ -4,8 +4,17 @@ from dataclasses import replace
 
 import pytest
 
-from nestlearn.eval.suite.lm import (QUICK, choose_cms_signal, hope_model, markdown, match_width,
-                                     non_embedding_parameters, plan, run, summarise)
+from nestlearn.eval.suite.lm import (
+    QUICK,
+    choose_cms_signal,
+    hope_model,
+    markdown,
+    match_width,
+    non_embedding_parameters,
+    plan,
+    run,
+    summarise,
+)
 
 
 def test_decision_rule_picks_lowest_bpb_unless_within_noise():
@@ -51,7 +60,7 @@ def test_micro_run_scores_every_model_and_writes_tables(tmp_path):
 
 
 def test_an_interrupted_run_resumes_without_retraining(tmp_path, monkeypatch):
-    import nestlearn.eval.suite.lm as lm
+    from nestlearn.eval.suite import lm
 
     budget = replace(QUICK, d_model=16, steps=1, warmup_steps=1, seq_len=16, batch_size=2, eval_tokens=64,
                      chunk_sizes=(8, 4), selfmod_chunks=(4, 8), threads=1)

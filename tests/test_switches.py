@@ -9,8 +9,15 @@ from nestlearn.layers.cms import CMSConfig
 from nestlearn.layers.self_modifying import SelfModConfig
 from nestlearn.models.lm import families
 from nestlearn.stateful import POLICIES
-from nestlearn.switches import (BY_PATH, SWITCHES, default_switches, describe_switches, non_default_switches,
-                                registry_table, resolved_switches)
+from nestlearn.switches import (
+    BY_PATH,
+    SWITCHES,
+    default_switches,
+    describe_switches,
+    non_default_switches,
+    registry_table,
+    resolved_switches,
+)
 from nestlearn.train.config import load_run_config
 
 OPTIMIZERS = ("adamw", "muon", "m3", "dmgd", "delta", "precond", "dgd")

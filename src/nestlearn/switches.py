@@ -171,5 +171,13 @@ def registry_table() -> str:
     return "\n".join(rows)
 
 
-__all__ = ["SWITCHES", "BY_PATH", "Switch", "default_switches", "resolved_switches", "non_default_switches",
-           "describe_switches", "registry_table"]
+__all__ = [
+    "BY_PATH",
+    "SWITCHES",
+    "Switch",
+    "default_switches",
+    "describe_switches",
+    "non_default_switches",
+    "registry_table",
+    "resolved_switches",
+]
