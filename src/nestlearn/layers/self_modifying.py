@@ -18,9 +18,12 @@ Chunking (Eq 90 with the causal index fix b(t) = C(⌈t/C⌉ − 1), spec §5.5,
 and every generation (k, v, q, η, α, v̂) read the boundary state of the generating memory, on the grid
 ``chunk_size_other`` for the k, v, q, η, α memories and ``chunk_size_memory`` for the main memory;
 only the output read o_t sees intra-chunk states. Because generation reads boundary states, each
-chunk of ``chunk_size_other`` tokens is generated in parallel and every memory's chunk is one call of
-the chunk-parallel primitive :func:`nestlearn.memory.memory_scan` (closed-form gradients, spec
-§5.8–5.9). :func:`self_modifying_reference` is the token-by-token oracle of spec §5.7.
+chunk of ``chunk_size_other`` tokens is generated in parallel, and every memory is written by the
+chunk-parallel primitive :func:`nestlearn.memory.memory_scan` (closed-form gradients, spec §5.8–5.9)
+with its self-generated targets built inside the primitive (``self_values``). The generating memories
+only need their states (``outputs=False``), and the main memory, which nothing in generation reads,
+runs after the generation loop as one scan over the whole call. :func:`self_modifying_reference` is
+the token-by-token oracle of spec §5.7.
 
 Memories with the same shape share one stacked tensor along the head axis ("groups"), so one scan
 call updates them all: ``proj`` holds the adaptive vector projections in the order k, v, q (those
@@ -370,13 +373,17 @@ class SelfModifyingTitans(nn.Module):
     def forward(self, x: Tensor, state: State | None = None, pos: int = 0) -> tuple[Tensor, State]:
         """x: (B, T, d) at absolute positions pos.. -> (y: (B, T, d), new state).
 
-        Generation runs once per ``chunk_size_other`` chunk; every memory's chunk is one call of the
-        chunk-parallel :func:`memory_scan`, the main memory on its finer grid (D4).
+        Two passes. Generation runs once per ``chunk_size_other`` chunk, from the boundary states of
+        the generating memories, and each of their groups is then written by one state-only
+        :func:`memory_scan` call (their reads are never used: generation reads boundaries). Nothing
+        in that loop reads the main memory, so it runs afterwards over the whole call as one scan on
+        its finer grid, with its self-generated targets v̂ = M_memory,b(v) (Eq 95, D7) built inside
+        each of its chunks.
         """
         if state is None:
             state = self.initial_state(x.shape[0])
         cfg = self.cfg
-        mems = {g: self.group_state(state, g) for g in self.groups}
+        gen = {g: self.group_state(state, g) for g in self.groups if g != "mem"}
         xs, cache = self.input_features(x, state.get("conv"))
         bounds = chunk_bounds(pos, x.shape[1], cfg.chunk_size_other)
         sizes = [end - start for start, end in bounds]
@@ -385,35 +392,51 @@ class SelfModifyingTitans(nn.Module):
         static_parts = {n: t.split(sizes, dim=1) for n, t in self.static_projections(xs).items()}
         beta = self.momentum_gate(xs)
         beta_parts = [None] * len(sizes) if beta is None else beta.split(sizes, dim=-1)
-        outs = []
+        cols: list[tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None]] = []
         for i, (start, _) in enumerate(bounds):
             at = pos + start
-            bnd = {g: boundary_weights(mems[g], at, cfg.chunk_size_other) for g in self.groups if g != "mem"}
+            bnd = {g: boundary_weights(gen[g], at, cfg.chunk_size_other) for g in gen}
             q, k, v, eta, alpha, cache = self.generate(xs_parts[i], {n: p[i] for n, p in static_parts.items()},
                                                        bnd.get("proj"), bnd["gate"], cache)
-            eta_w = normalized_eta(eta, k) if cfg.dgd_normalize else eta
-            for g, weights in bnd.items():
-                reps = self.group_sizes(g)
-                target = memory_apply(self.specs[g], weights, repeat_groups(v, reps))
-                kr = repeat_groups(k, reps)
-                # The generating memories' own reads are never used (generation reads boundaries).
-                _, mems[g] = memory_scan(self.specs[g], mems[g], kr, kr, target, repeat_groups(eta_w, reps),
-                                         repeat_groups(alpha, reps), repeat_groups(beta_parts[i], reps), pos=at)
-            o, mems["mem"] = self.main_memory(mems["mem"], q, k, v, eta_w, alpha, beta_parts[i], at)
-            outs.append(o)
-        new_state = {f"{g}.{n}": t for g in self.groups for n, t in mems[g].items()}
+            eta = normalized_eta(eta, k) if cfg.dgd_normalize else eta
+            gen = {g: self.write_group(g, mem, k, v, eta, alpha, beta_parts[i], at) for g, mem in gen.items()}
+            cols.append((q, k, v, eta, alpha))
+        q, k, v = (torch.cat(c, dim=2) for c in list(zip(*cols))[:3])
+        eta = torch.cat([c[3] for c in cols], dim=-1)
+        alpha = None if cols[0][4] is None else torch.cat([c[4] for c in cols], dim=-1)
+        o, mem = self.main_memory(self.group_state(state, "mem"), q, k, v, eta, alpha, beta, pos)
+        new_state = {f"{g}.{n}": t for g in gen for n, t in gen[g].items()}
+        new_state.update({f"mem.{n}": t for n, t in mem.items()})
         if cache is not None:
             new_state["conv"] = cache
-        return self.output(torch.cat(outs, dim=2), x), new_state
+        return self.output(o, x), new_state
+
+    def write_group(self, group: str, mem: State, k: Tensor, v: Tensor, eta: Tensor, alpha: Tensor | None,
+                    beta: Tensor | None, pos: int) -> State:
+        """Write the memories of a generating group over one chunk (Eqs 84–88, D4, D6, D7, D9).
+
+        Its G memories share the keys, the targets' input v and the gates, so the state is viewed as
+        (B, G, H, ...) against keys (B, 1, H, n, d/H): one state-only, self-valued scan for the group,
+        with the chunk's coefficients and K Kᵀ computed once for all G memories.
+        """
+        reps = self.group_sizes(group)
+        view = {n: t.unflatten(1, (reps, self.n_heads)) for n, t in mem.items()}
+        k1, v1 = k.unsqueeze(1), v.unsqueeze(1)
+        gates = (None if g is None else g.unsqueeze(1) for g in (eta, alpha, beta))
+        _, new = memory_scan(self.specs[group], view, k1, k1, v1, *gates, pos=pos, outputs=False, self_values=True)
+        return {n: t.flatten(1, 2) for n, t in new.items()}
 
     def main_memory(self, mem: State, q: Tensor, k: Tensor, v: Tensor, eta: Tensor, alpha: Tensor | None,
                     beta: Tensor | None, pos: int) -> tuple[Tensor, State]:
-        """The output memory over one generation chunk, one scan per ``chunk_size_memory`` chunk.
+        """The output memory over the whole call, on the ``chunk_size_memory`` grid (Eqs 94–95, D5, D7).
 
-        Each of its chunks needs its own targets v̂ = M_memory^b(v_t) at its own boundary (Eq 95, D7),
-        hence one scan call per chunk. Shapes as :meth:`generate`; returns o (B, H, n, d/H), new state.
+        ``read="intra_chunk"`` is one self-valued scan reading M_{t−1}(q_t). ``read="boundary"`` reads
+        M_b(q_t), the boundary state of each chunk, so it runs one state-only scan per chunk.
+        q, k, v: (B, H, T, d/H); gates (B, H, T). Returns o (B, H, T, d/H) and the new state.
         """
         spec = self.specs["mem"]
+        if self.cfg.read == "intra_chunk":
+            return memory_scan(spec, mem, q, k, v, eta, alpha, beta, pos=pos, self_values=True)
         bounds = chunk_bounds(pos, q.shape[2], spec.chunk_size)
         sizes = [end - start for start, end in bounds]
         parts = [t.split(sizes, dim=2) for t in (q, k, v)]
@@ -421,10 +444,9 @@ class SelfModifyingTitans(nn.Module):
         outs = []
         for i, (start, _) in enumerate(bounds):
             qi, ki, vi = (p[i] for p in parts)
-            b = boundary_weights(mem, pos + start, spec.chunk_size)
-            o, mem = memory_scan(spec, mem, qi, ki, memory_apply(spec, b, vi),
-                                 *(None if g is None else g[i] for g in gates), pos=pos + start)
-            outs.append(memory_apply(spec, b, qi) if self.cfg.read == "boundary" else o)
+            outs.append(memory_apply(spec, boundary_weights(mem, pos + start, spec.chunk_size), qi))
+            _, mem = memory_scan(spec, mem, qi, ki, vi, *(None if g is None else g[i] for g in gates),
+                                 pos=pos + start, outputs=False, self_values=True)
         return torch.cat(outs, dim=2), mem
 
 

@@ -79,18 +79,46 @@ def boundary_factors(spec: MemorySpec, weights: State, k: Tensor, v: Tensor) -> 
     Returns:
         weight name -> (E: (..., n, d_out of that weight), P: (..., n, d_in of that weight)).
     """
+    return _boundary_terms(spec, weights, k, v, self_values=False, q=None)[0]
+
+
+def _boundary_terms(spec: MemorySpec, weights: State, k: Tensor, v: Tensor, self_values: bool,
+                    q: Tensor | None) -> tuple[dict[str, tuple[Tensor, Tensor]], Tensor, Tensor | None]:
+    """:func:`boundary_factors`, optionally with self-generated targets, sharing the boundary products.
+
+    Every input that meets the boundary's first weight (W, or W₂ of the MLP) goes through one matrix
+    product: k (the gradients), v when the targets are the memory's own output v̂ = M_b(v)
+    (``self_values``, NL-L Eq 84) and q when the caller reads from X_0 = M_b (an aligned chunk).
+
+    Returns:
+        the factors, k W_firstᵀ (..., n, h) and q W_firstᵀ (None without q).
+    """
+    first = "W" if spec.kind == "linear" else "W2"
+    rows = [k] + ([v] if self_values else []) + ([q] if q is not None else [])
+    pre = (torch.cat(rows, dim=-2) if len(rows) > 1 else k) @ weights[first].mT
+    pre = pre.split([r.shape[-2] for r in rows], dim=-2)
+    pre_k, pre_q = pre[0], (pre[-1] if q is not None else None)
+    l2 = spec.objective == "l2"
     if spec.kind == "linear":
-        e = k @ weights["W"].mT - v if spec.objective == "l2" else -v
-        return {"W": (e, k)}
-    pre = k @ weights["W2"].mT
-    act = activation(spec.activation, pre)
-    if spec.objective == "l2":
-        out = act @ weights["W1"].mT
-        e = (k + out if spec.residual else out) - v
+        target = pre[1] if self_values else v
+        return {"W": (pre_k - target if l2 else -target, k)}, pre_k, pre_q
+    act = activation(spec.activation, pre_k)
+    w1 = weights["W1"]
+    out_k = None
+    if self_values:
+        act_v = activation(spec.activation, pre[1])
+        if l2:
+            out_k, out_v = (torch.cat((act, act_v), dim=-2) @ w1.mT).split([k.shape[-2], v.shape[-2]], dim=-2)
+        else:
+            out_v = act_v @ w1.mT
+        target = v + out_v if spec.residual else out_v
     else:
-        e = -v
-    delta = (e @ weights["W1"]) * activation_grad(spec.activation, pre)
-    return {"W1": (e, act), "W2": (delta, k)}
+        target = v
+        if l2:
+            out_k = act @ w1.mT
+    e = ((k + out_k if spec.residual else out_k) - target) if l2 else -target
+    delta = (e @ w1) * activation_grad(spec.activation, pre_k)
+    return {"W1": (e, act), "W2": (delta, k)}, pre_k, pre_q
 
 
 def segment_products(a: Tensor) -> Tensor:
@@ -124,7 +152,7 @@ class _Coefficients:
     mom_end: Tensor | None
     b_end: Tensor | None
 
-    def before(self) -> "_Coefficients":
+    def before(self) -> _Coefficients:
         """The weights for reads of X_{t−1}: every row shifted down by one token (row 0 reads X_0)."""
         return replace(
             self,
@@ -153,74 +181,111 @@ def _coefficients(spec: MemorySpec, eta: Tensor, alpha: Tensor | None, beta: Ten
                          gk=gk, mom_end=d_beta[..., n - 1, :] * c, b_end=b[..., n - 1])
 
 
-def _read(co: _Coefficients, x0: Tensor, s0: Tensor | None, e: Tensor, p: Tensor,
-          keys: Tensor | None, u: Tensor | None, z: Tensor) -> Tensor:
-    """Row t of the result is X_t z_t (X at the coefficient rows of ``co``); z: (..., n, d_in).
+def _read(co: _Coefficients, x0: Tensor, s0: Tensor | None, e: Tensor, p: Tensor, z: Tensor) -> Tensor:
+    """Row t of the result is X_t z_t (X at the coefficient rows of ``co``) for a weight without DGD
+    values; z: (..., n, d_in).
 
-    The boundary terms A_t X_0 z_t − σ_t S_0 z_t and the chunk terms are each one matmul, over
-    concatenated operands (fewer, larger products are faster on CPU).
+    The boundary terms A_t X_0 z_t − σ_t S_0 z_t are one matmul over concatenated operands (fewer,
+    larger products are faster on CPU).
     """
     if s0 is None:
         out = (co.a0.unsqueeze(-1) * z) @ x0.mT
     else:
         out = torch.cat((co.a0.unsqueeze(-1) * z, -co.sig.unsqueeze(-1) * z), dim=-1) @ torch.cat((x0, s0), dim=-1).mT
-    if u is None:
-        return out - (co.gm * (z @ p.mT)) @ e
-    scores = torch.cat((co.gm * (z @ p.mT), co.gk * (z @ keys.mT)), dim=-1)
-    return out - scores @ torch.cat((e, u), dim=-2)
-
-
-def _dgd_values(co: _Coefficients, x0: Tensor, s0: Tensor | None, e: Tensor, p: Tensor, keys: Tensor) -> Tensor:
-    """u_t = X_{t−1} k_t for a DGD weight: solve (I + shift(Gk) ∘ K Kᵀ) U = R (unit lower triangular)."""
-    prev = co.before()
-    rhs = _read(prev, x0, s0, e, p, None, None, keys)
-    lower = prev.gk * (keys @ keys.mT)
-    return torch.linalg.solve_triangular(lower, rhs, upper=False, unitriangular=True)
+    return out - (co.gm * (z @ p.mT)) @ e
 
 
 def _end_state(co: _Coefficients, x0: Tensor, s0: Tensor | None, e: Tensor, p: Tensor,
-               keys: Tensor | None, u: Tensor | None) -> tuple[Tensor, Tensor | None]:
-    """(X_n, S_n) after the chunk's last token."""
-    x = co.a0[..., -1, None, None] * x0 - e.mT @ (co.gm[..., -1, :].unsqueeze(-1) * p)
-    if u is not None:
-        x = x - u.mT @ (co.gk[..., -1, :].unsqueeze(-1) * keys)
+               u: Tensor | None) -> tuple[Tensor, Tensor | None]:
+    """(X_n, S_n) after the chunk's last token; ``u`` the DGD values (then p are the keys).
+
+    The chunk's sums share their left factor ([e; u]ᵀ [−Gm∘p; −Gk∘k] for X_n; with momentum and no
+    DGD values eᵀ [−Gm∘p | mom∘p] gives both), with the minus signs on the small right factor. The
+    boundary terms are fused multiply-adds: operations on whole weight matrices cost as much as the
+    products at these chunk sizes, forward and backward.
+    """
+    neg = -co.gm[..., -1, :].unsqueeze(-1) * p
     s = None
+    if u is not None:
+        acc = torch.cat((e, u), dim=-2).mT @ torch.cat((neg, -co.gk[..., -1, :].unsqueeze(-1) * p), dim=-2)
+        if s0 is not None:
+            s = e.mT @ (co.mom_end.unsqueeze(-1) * p)
+    elif s0 is None:
+        acc = e.mT @ neg
+    else:
+        acc, s = (e.mT @ torch.cat((neg, co.mom_end.unsqueeze(-1) * p), dim=-1)).split(p.shape[-1], dim=-1)
+    x = torch.addcmul(acc, co.a0[..., -1, None, None], x0)
     if s0 is not None:
-        x = x - co.sig[..., -1, None, None] * s0
-        s = co.b_end[..., None, None] * s0 + e.mT @ (co.mom_end.unsqueeze(-1) * p)
+        x = torch.addcmul(x, -co.sig[..., -1, None, None], s0)
+        s = torch.addcmul(s, co.b_end[..., None, None], s0)
     return x, s
 
 
 def _chunk(spec: MemorySpec, cur: State, mom: State, grad_at: State, q: Tensor, k: Tensor, v: Tensor,
-           eta: Tensor, alpha: Tensor | None, beta: Tensor | None,
-           stop_shift: State | None = None) -> tuple[Tensor, State, State]:
-    """One chunk: outputs (..., n, d_out), new weights, new momenta.
+           eta: Tensor, alpha: Tensor | None, beta: Tensor | None, stop_shift: State | None = None,
+           outputs: bool = True, self_values: bool = False) -> tuple[Tensor | None, State, State]:
+    """One chunk: outputs (..., n, d_out) (None unless ``outputs``), new weights, new momenta.
 
     ``stop_shift`` (stopgrad writes): θ₀ − sg(θ₀) per weight, added to every read weight, so reads see
-    θ₀ + sg(Δ_t) while everything else in the chunk is detached by the caller.
+    θ₀ + sg(Δ_t) while everything else in the chunk is detached by the caller. ``self_values``: the
+    targets are v̂_t = M_b(v_t) (see :func:`memory_scan`).
+
+    The key-consuming weight X (W, or W₂) meets k and q on both sides: its reads and DGD values need
+    X_0 z, S_0 z and k zᵀ for z ∈ {k, q}; on an aligned chunk X_0 is the boundary state, so X_0 k and
+    X_0 q come from the boundary product of :func:`_boundary_terms` instead of being recomputed.
     """
     co = _coefficients(spec, eta, alpha, beta)
-    read_co = co if spec.read == "after" else co.before()
-    factors = boundary_factors(spec, grad_at, k, v)
-    dgd_weight = "W" if spec.kind == "linear" else "W2"
-    new_w, new_m, u = {}, {}, {}
-    for name, (e, p) in factors.items():
-        keys = k if (spec.rule == "dgd" and name == dgd_weight) else None
-        u[name] = None if keys is None else _dgd_values(co, cur[name], mom.get(name), e, p, keys)
-        new_w[name], s = _end_state(co, cur[name], mom.get(name), e, p, keys, u[name])
+    prev = co.before()
+    read_co = co if spec.read == "after" else prev
+    first = "W" if spec.kind == "linear" else "W2"
+    aligned = all(grad_at[n] is cur[n] for n in cur)
+    factors, pre_k, pre_q = _boundary_terms(spec, grad_at, k, v, self_values, q if outputs and aligned else None)
+    x0, s0 = cur[first], mom.get(first)
+    dgd = spec.rule == "dgd"
+    n = k.shape[-2]
+    zs = torch.cat((k, q), dim=-2) if outputs else k
+
+    def split(t: Tensor) -> tuple[Tensor, Tensor | None]:
+        # split, not slices: a slice's backward fills a zero tensor of the whole.
+        return t.split(n, dim=-2) if outputs else (t, None)
+
+    if aligned:
+        k_x0, q_x0 = pre_k, pre_q
+    else:
+        k_x0, q_x0 = split(zs @ x0.mT)
+    k_s0, q_s0 = split(zs @ s0.mT) if s0 is not None else (None, None)
+    k_k, q_k = split(zs @ k.mT)
+    e = factors[first][0]
+    u = None
+    if dgd:
+        # u_t = X_{t−1} k_t: solve (I + shift(Gk) ∘ K Kᵀ) U = R (unit lower triangular, spec §5.9).
+        rhs = prev.a0.unsqueeze(-1) * k_x0 - (prev.gm * k_k) @ e
+        if s0 is not None:
+            rhs = rhs - prev.sig.unsqueeze(-1) * k_s0
+        u = torch.linalg.solve_triangular(prev.gk * k_k, rhs, upper=False, unitriangular=True)
+    new_w, new_m = {}, {}
+    for name, (e_n, p_n) in factors.items():
+        new_w[name], s = _end_state(co, cur[name], mom.get(name), e_n, p_n, u if name == first else None)
         if s is not None:
             new_m[name] = s
-
-    def read(name: str, z: Tensor) -> Tensor:
-        e, p = factors[name]
-        keys = None if u[name] is None else k
-        out = _read(read_co, cur[name], mom.get(name), e, p, keys, u[name], z)
-        return out if stop_shift is None else out + z @ stop_shift[name].mT
-
+    if not outputs:
+        return None, new_w, new_m
+    out = read_co.a0.unsqueeze(-1) * q_x0
+    if s0 is not None:
+        out = out - read_co.sig.unsqueeze(-1) * q_s0
+    if dgd:
+        out = out - torch.cat((read_co.gm * q_k, read_co.gk * q_k), dim=-1) @ torch.cat((e, u), dim=-2)
+    else:
+        out = out - (read_co.gm * q_k) @ e
+    if stop_shift is not None:
+        out = out + q @ stop_shift[first].mT
     if spec.kind == "linear":
-        return read("W", q), new_w, new_m
-    hidden = activation(spec.activation, read("W2", q))
-    out = read("W1", hidden)
+        return out, new_w, new_m
+    hidden = activation(spec.activation, out)
+    e1, act = factors["W1"]
+    out = _read(read_co, cur["W1"], mom.get("W1"), e1, act, hidden)
+    if stop_shift is not None:
+        out = out + hidden @ stop_shift["W1"].mT
     return (q + out if spec.residual else out), new_w, new_m
 
 
@@ -248,7 +313,8 @@ def chunk_bounds(pos: int, length: int, chunk_size: int) -> list[tuple[int, int]
 
 
 def memory_scan(spec: MemorySpec, state: State, q: Tensor, k: Tensor, v: Tensor, eta: Tensor,
-                alpha: Tensor | None = None, beta: Tensor | None = None, pos: int = 0) -> tuple[Tensor, State]:
+                alpha: Tensor | None = None, beta: Tensor | None = None, pos: int = 0, *,
+                outputs: bool = True, self_values: bool = False) -> tuple[Tensor | None, State]:
     """Run the memory over a sequence, chunk-parallel (the fast path; spec §5.9, [T Eqs 16–18]).
 
     Args:
@@ -261,9 +327,18 @@ def memory_scan(spec: MemorySpec, state: State, q: Tensor, k: Tensor, v: Tensor,
         alpha: (..., T) retention gates α_t (None: no decay, α ≡ 1).
         beta: (..., T) momentum gates β_t; required exactly when ``spec.momentum != "none"``.
         pos: absolute position of the first token; chunk boundaries sit at multiples of C.
+        outputs: False skips the reads (a memory whose state is all that is needed) and returns None.
+        self_values: the targets are the memory's own output at its chunk's boundary state,
+            v̂_t = M_b(v_t) (self-generated values, NL-L Eqs 84/95, D7), computed inside each chunk from
+            the same boundary products as its gradients; v is then (..., T, d_in).
+
+    Leading ``...`` axes broadcast between the state, the token tensors and the gates, so memories
+    that share keys and gates (state (B, G, H, ...), keys (B, 1, H, ...)) run as one call and share
+    the chunk's scalar coefficients.
 
     Returns:
-        outputs (..., T, d_out) (read after or before each token's write, ``spec.read``) and the new state.
+        outputs (..., T, d_out) (read after or before each token's write, ``spec.read``; None without
+        ``outputs``) and the new state.
     """
     _check_inputs(spec, state, eta, alpha, beta)
     names = spec.weight_names
@@ -288,7 +363,8 @@ def memory_scan(spec: MemorySpec, state: State, q: Tensor, k: Tensor, v: Tensor,
         if (pos + start) % spec.chunk_size == 0:
             grad_at = dict(cur)
         out, cur, mom = _chunk(spec, cur, mom, grad_at, *(x[i] for x in pieces),
-                               *(None if g is None else g[i] for g in gates), stop_shift=shift)
+                               *(None if g is None else g[i] for g in gates), stop_shift=shift,
+                               outputs=outputs, self_values=self_values)
         outs.append(out)
     if (pos + q.shape[-2]) % spec.chunk_size == 0:
         # A copy, not an alias: states are saved with safetensors, which rejects shared storage.
@@ -297,7 +373,7 @@ def memory_scan(spec: MemorySpec, state: State, q: Tensor, k: Tensor, v: Tensor,
         cur = {n: w + shift[n] for n, w in cur.items()}
         grad_at = {n: w + shift[n] for n, w in grad_at.items()}
     new_state = {**cur, **{f"{n}_b": grad_at[n] for n in names}, **{f"{n}_mom": mom[n] for n in mom}}
-    return torch.cat(outs, dim=-2), new_state
+    return (torch.cat(outs, dim=-2) if outputs else None), new_state
 
 
 def init_memory_state(spec: MemorySpec, initial: State, batch_size: int) -> State:

@@ -10,15 +10,31 @@ from torch import nn
 from torch.optim import Optimizer
 
 from nestlearn.errors import ConfigError, check_choice
-from nestlearn.optim._common import check_int, check_nonneg, check_number, check_pos, check_unit
+from nestlearn.optim._common import (
+    check_int,
+    check_nonneg,
+    check_number,
+    check_pos,
+    check_unit,
+)
 from nestlearn.optim.dgd import DGD, FORMS
 from nestlearn.optim.dmgd import ACTIVATIONS, DMGD, OUTPUTS
 from nestlearn.optim.m3 import M3, VARIANTS
-from nestlearn.optim.momentum import PRECONDITIONERS, SIDES, DeltaMomentum, PreconditionedMomentum
+from nestlearn.optim.momentum import (
+    PRECONDITIONERS,
+    SIDES,
+    DeltaMomentum,
+    PreconditionedMomentum,
+)
 from nestlearn.optim.muon import SCALE_MODES, Muon
 from nestlearn.optim.newton_schulz import NS_COEFFICIENTS, NS_STEPS
 from nestlearn.optim.periodic import PeriodicOptimizer, periodic_parameters
-from nestlearn.optim.routing import CombinedOptimizer, ParamRouting, adamw_groups, route_parameters
+from nestlearn.optim.routing import (
+    CombinedOptimizer,
+    ParamRouting,
+    adamw_groups,
+    route_parameters,
+)
 
 OPTIMIZER_NAMES = ("adamw", "muon", "m3", "dmgd", "delta", "precond", "dgd")
 NS_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}

@@ -18,7 +18,8 @@ from nestlearn.optim._common import (
     check_unit,
     require_matrices,
 )
-from nestlearn.optim.newton_schulz import NS_COEFFICIENTS, NS_STEPS, newton_schulz, validate_ns_args
+from nestlearn.optim.muon import orthogonalise
+from nestlearn.optim.newton_schulz import NS_COEFFICIENTS, NS_STEPS, validate_ns_args
 
 VARIANTS = ("paper", "ema")
 
@@ -61,7 +62,7 @@ def m3_refresh_slow(state: dict[str, Any], beta3: float, period: int, variant: s
         state["M2"].add_(state["chunk_sum"], alpha=beta3)
     else:
         state["M2"].mul_(beta3).add_(state["chunk_sum"], alpha=(1.0 - beta3) / period)
-    state["O2"].copy_(newton_schulz(state["M2"], ns_steps, ns_coefficients, compute_dtype=ns_dtype))
+    state["O2"].copy_(orthogonalise(state["M2"], ns_steps, ns_coefficients, ns_dtype))
     state["chunk_sum"].zero_()
 
 
@@ -163,7 +164,7 @@ class M3(PerParamOptimizer):
                 state[key] = torch.zeros_like(grad)
         state["step"] += 1
         m3_accumulate(grad, state, betas, variant)
-        fast = newton_schulz(state["M1"], group["ns_steps"], group["ns_coefficients"], compute_dtype=group["ns_dtype"])
+        fast = orthogonalise(state["M1"], group["ns_steps"], group["ns_coefficients"], group["ns_dtype"])
         denominator = m3_denominator(state, betas[1], group["eps"], variant)
         update = fast.add_(state["O2"], alpha=group["alpha"]).div_(denominator)
         apply_update(param, group, update, -group["lr"])

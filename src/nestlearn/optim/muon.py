@@ -39,6 +39,32 @@ def muon_scale(rows: int, cols: int, mode: str) -> float:
     return 1.0
 
 
+def is_dtensor(tensor: object) -> bool:
+    """Whether ``tensor`` is a DTensor (a parameter, gradient or state sharded by FSDP2)."""
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # torch < 2.5, or a build without torch.distributed
+        return False
+    return isinstance(tensor, DTensor)
+
+
+def orthogonalise(matrix: Tensor, steps: int, coefficients: tuple[float, float, float],
+                  compute_dtype: torch.dtype) -> Tensor:
+    """NS_T(matrix) for a plain matrix or an FSDP2 shard of one (a DTensor sharded by rows).
+
+    Newton–Schulz couples all rows through the Gram matrix, so a shard is all-gathered
+    (``full_tensor()``), every rank orthogonalises the whole matrix (identical bits everywhere) and
+    keeps its own rows, laid out like the input; ``nestlearn.train.distributed`` says why gather
+    rather than owner-rank.
+    """
+    if not is_dtensor(matrix):
+        return newton_schulz(matrix, steps, coefficients, compute_dtype=compute_dtype)
+    from torch.distributed.tensor import distribute_tensor
+
+    full = newton_schulz(matrix.full_tensor(), steps, coefficients, compute_dtype=compute_dtype)
+    return distribute_tensor(full, matrix.device_mesh, matrix.placements, src_data_rank=None)
+
+
 def momentum_direction(grad: Tensor, buffer: Tensor, momentum: float, nesterov: bool) -> Tensor:
     """Update ``buffer`` in place to μ·buffer + g and return the direction to orthogonalise.
 
@@ -111,5 +137,5 @@ class Muon(PerParamOptimizer):
         if not state:
             state["momentum_buffer"] = torch.zeros_like(grad)
         direction = momentum_direction(grad, state["momentum_buffer"], group["momentum"], group["nesterov"])
-        update = newton_schulz(direction, group["ns_steps"], group["ns_coefficients"], compute_dtype=group["ns_dtype"])
+        update = orthogonalise(direction, group["ns_steps"], group["ns_coefficients"], group["ns_dtype"])
         apply_update(param, group, update, -group["lr"] * muon_scale(*update.shape, group["scale"]))

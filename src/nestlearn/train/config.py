@@ -11,6 +11,7 @@ from nestlearn.data.corpus import DataConfig
 from nestlearn.errors import ConfigError, check_choice, check_positive, check_range
 from nestlearn.models.lm import LMConfig, model_config_from_dict, model_config_to_dict
 from nestlearn.optim.config import OptimConfig
+from nestlearn.train.distributed import MODES
 
 
 @dataclass
@@ -34,6 +35,16 @@ class TrainConfig:
         out_dir: run folder (metrics, checkpoint, plot, report).
         device: "auto", "cpu" or "cuda".
         threads: CPU threads for torch (0: torch's default).
+        distributed: how several processes started by torchrun share the work: ``"ddp"``
+            (replicated model, averaged gradients) or ``"fsdp"`` (FSDP2, parameters, gradients and
+            optimizer states sharded; optim.name adamw, muon or m3). Ignored in one process. The
+            global batch is batch_size × grad_accum × number of processes
+            (:mod:`nestlearn.train.distributed`).
+        compile: ``torch.compile`` the training forward and backward (validation and sampling stay eager).
+        activation_checkpointing: recompute each block's activations in the backward pass instead
+            of storing them (less memory for long sequences, about one more forward of compute).
+        tensorboard: also write the logged scalars as TensorBoard events to ``out_dir/tensorboard``
+            (needs ``pip install 'nestlearn[tensorboard]'``).
     """
 
     seed: int = 0
@@ -54,6 +65,10 @@ class TrainConfig:
     out_dir: str = "runs/default"
     device: str = "auto"
     threads: int = 0
+    distributed: str = "ddp"
+    compile: bool = False
+    activation_checkpointing: bool = False
+    tensorboard: bool = False
 
     def validate(self) -> None:
         for name in ("steps", "batch_size", "seq_len", "grad_accum", "eval_every", "ckpt_every", "log_every"):
@@ -62,13 +77,15 @@ class TrainConfig:
             check_positive(f"train.{name}", getattr(self, name), allow_zero=True)
         check_range("train.min_lr_ratio", self.min_lr_ratio, 0.0, 1.0)
         check_choice("train.device", self.device, ("auto", "cpu", "cuda"))
+        check_choice("train.distributed", self.distributed, MODES)
         if self.stop_at > self.steps:
             raise ConfigError("train.stop_at", f"must be <= train.steps={self.steps}, got {self.stop_at}")
 
 
 # Fields that change how a run is operated, not what it computes: they may differ on --resume.
 OPERATIONAL_FIELDS = {"train.stop_at", "train.eval_every", "train.eval_tokens", "train.ckpt_every",
-                      "train.log_every", "train.sample_tokens", "train.out_dir", "train.device", "train.threads"}
+                      "train.log_every", "train.sample_tokens", "train.out_dir", "train.device", "train.threads",
+                      "train.distributed", "train.compile", "train.activation_checkpointing", "train.tensorboard"}
 
 
 @dataclass

@@ -2,7 +2,10 @@
 
 AdamW (or any ``nestlearn.optim`` optimizer) with linear warm-up and cosine decay, gradient
 accumulation and clipping, optional bf16 autocast, periodic validation in bits per byte, a progress
-bar, metrics as JSON lines, atomic checkpoints that resume bit-exactly, and a report per run.
+bar, metrics as JSON lines (and optionally TensorBoard events), atomic checkpoints that resume
+bit-exactly, and a report per run. Under torchrun the same loop runs on every process with DDP or
+FSDP2 (:mod:`nestlearn.train.distributed`); ``train.compile`` and ``train.activation_checkpointing``
+trade compile time or compute for speed or memory.
 """
 
 from __future__ import annotations
@@ -30,6 +33,9 @@ from nestlearn.switches import resolved_switches
 from nestlearn.train.checkpoint import (decode_bytes, encode_bytes, flatten, load_checkpoint, save_checkpoint,
                                         unflatten)
 from nestlearn.train.config import OPERATIONAL_FIELDS, RunConfig, config_diff
+from nestlearn.train.distributed import (all_reduce_sum, barrier, broadcast_object, check_optimizer, full_tensor,
+                                         gather_full, grad_sync, local_rows, setup,
+                                         shard_optimizer_state, wrap_model)
 from nestlearn.train.report import plot_metrics, write_report
 
 CHECKPOINT = "checkpoint.safetensors"
@@ -46,14 +52,6 @@ def lr_factor(step: int, steps: int, warmup: int, min_ratio: float) -> float:
         return (step + 1) / warmup
     progress = (step - warmup) / max(1, steps - warmup)
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device", "is 'cuda' but no CUDA device is available; use 'cpu' or 'auto'")
-    return torch.device(name)
 
 
 def sample_batch(ids: torch.Tensor, batch_size: int, seq_len: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -74,7 +72,8 @@ def build_tokenizer(cfg: RunConfig, train_text: bytes):
 
 
 def model_state_tensors(model: CausalLM) -> dict[str, torch.Tensor]:
-    return {f"model/{k}": v for k, v in model.state_dict().items()}
+    """``model/NAME`` -> full CPU tensor (FSDP shards are all-gathered, so every rank must call it)."""
+    return {f"model/{k}": v for k, v in gather_full(model.state_dict()).items()}
 
 
 def load_model_weights(model: CausalLM, tensors: dict[str, torch.Tensor], path: Path) -> None:
@@ -123,7 +122,10 @@ class Trainer:
         tc = cfg.train
         if tc.threads:
             torch.set_num_threads(tc.threads)
-        self.device = resolve_device(tc.device)
+        self.dist, self.device = setup(tc.distributed, tc.device)
+        check_optimizer(self.dist, cfg.optim.name)
+        if tc.tensorboard and self.dist.is_main:
+            _summary_writer_class()
 
         ckpt_tensors, ckpt_meta = (None, None)
         if resume is not None:
@@ -136,8 +138,13 @@ class Trainer:
         self.corpus = load_corpus(cfg.data)
         if ckpt_meta is not None:
             self.tokenizer = tokenizer_from_description(ckpt_meta["tokenizer"], ckpt_meta.get("tokenizer_json"))
-        else:
+        elif cfg.data.tokenizer == "byte" or self.dist.world_size == 1:
             self.tokenizer = build_tokenizer(cfg, self.corpus.train)
+        else:
+            # Rank 0 trains the BPE tokenizer once; the other ranks rebuild it from its description.
+            built = build_tokenizer(cfg, self.corpus.train) if self.dist.is_main else None
+            desc = broadcast_object((built.describe(), built.to_json()) if built else None, self.dist)
+            self.tokenizer = built or tokenizer_from_description(*desc)
         self.train_ids = torch.from_numpy(self.tokenizer.encode(self.corpus.train).astype(np.int32))
         self.val_ids = torch.from_numpy(self.tokenizer.encode(self.corpus.validation))
         self.token_bytes = torch.from_numpy(self.tokenizer.token_bytes)
@@ -157,6 +164,14 @@ class Trainer:
 
         torch.manual_seed(tc.seed)
         self.model = CausalLM(mcfg).to(self.device)
+        self.model.activation_checkpointing = tc.activation_checkpointing
+        if ckpt_meta is not None:
+            # Before FSDP shards it: the checkpoint holds whole tensors.
+            load_model_weights(self.model, ckpt_tensors, Path(resume))
+        # self.model stays the CausalLM (sharded in place under FSDP) for validation, sampling and
+        # checkpoints; the training forward goes through the DDP wrapper and torch.compile.
+        self.wrapped = wrap_model(self.model, self.dist, self.device, tc.seq_len)
+        self.train_model = torch.compile(self.wrapped) if tc.compile else self.wrapped
         self.optimizer = build_optimizer(self.model, cfg.optim)
         self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]
         self.data_gen = torch.Generator().manual_seed(tc.seed)
@@ -165,6 +180,7 @@ class Trainer:
         self.elapsed = 0.0
         self.last_eval: dict[str, float] = {}
         self.overrides: list[dict] = []
+        self.saved_on_interrupt = False
         self.provenance = provenance()
         if ckpt_meta is not None:
             self._restore(ckpt_tensors, ckpt_meta, Path(resume))
@@ -182,11 +198,20 @@ class Trainer:
             listing = "; ".join(f"{name}: checkpoint {a!r}, requested {b!r}" for name, a, b in diffs)
             raise CheckpointError(f"{path} was trained with a different config ({listing}); pass "
                                   "--allow-config-change to resume anyway")
+        saved_world = meta.get("world_size", 1)
+        if saved_world != self.dist.world_size:
+            if not allow:
+                raise CheckpointError(
+                    f"{path} was trained on {saved_world} process(es) and this run has {self.dist.world_size}; "
+                    "the global batch (batch_size × grad_accum × processes) would change. Pass "
+                    "--allow-config-change to resume anyway, or scale train.batch_size or train.grad_accum")
+            diffs.append(("world_size", saved_world, self.dist.world_size))
         self._resume_diffs = diffs
 
     def _restore(self, tensors: dict[str, torch.Tensor], meta: dict, path: Path) -> None:
-        load_model_weights(self.model, tensors, path)
         opt_state = unflatten(meta["optimizer"], tensors)
+        if self.dist.sharded:
+            opt_state = shard_optimizer_state(self.optimizer, opt_state)
         try:
             self.optimizer.load_state_dict(opt_state)
         except (ValueError, KeyError, RuntimeError) as err:
@@ -204,7 +229,8 @@ class Trainer:
             torch.cuda.set_rng_state(decode_bytes(meta["rng"]["cuda"]))
         if self.cfg.train.steps < self.step:
             raise ConfigError("train.steps", f"is {self.cfg.train.steps} but the checkpoint is already at step {self.step}")
-        _truncate_metrics(self.out / METRICS, self.step)
+        if self.dist.is_main:
+            _truncate_metrics(self.out / METRICS, self.step)
 
     def metadata(self) -> dict:
         rng = {"torch": encode_bytes(torch.get_rng_state()), "data": encode_bytes(self.data_gen.get_state())}
@@ -216,13 +242,26 @@ class Trainer:
                 "data": self.corpus.describe(), "tokenizer": self.tokenizer.describe(), "tokenizer_json": tok_json,
                 "last_eval": self.last_eval, "config_overrides": self.overrides,
                 "parameters": self.model.num_parameters(non_embedding=False),
+                "world_size": self.dist.world_size, "distributed": self.dist.mode,
                 "switches": resolved_switches(self.cfg.to_dict()), "provenance": self.provenance}
 
-    def save(self) -> Path:
-        tensors = model_state_tensors(self.model)
-        meta = self.metadata()
-        meta["optimizer"] = flatten(self.optimizer.state_dict(), "optim", tensors)
-        return save_checkpoint(self.out / CHECKPOINT, tensors, meta)
+    def save(self, wait: bool = True) -> Path:
+        """Write the checkpoint from rank 0 (all ranks call it: FSDP gathers the shards).
+
+        ``wait``: the other ranks wait until the file is written (False when interrupted, where
+        they may not all get here).
+        """
+        main = self.dist.is_main
+        tensors = {f"model/{k}": v for k, v in gather_full(self.model.state_dict(), keep=main).items()}
+        optimizer_state = gather_full(self.optimizer.state_dict(), keep=main)
+        path = self.out / CHECKPOINT
+        if main:
+            meta = self.metadata()
+            meta["optimizer"] = flatten(optimizer_state, "optim", tensors)
+            save_checkpoint(path, tensors, meta)
+        if wait:
+            barrier(self.dist)
+        return path
 
     # -- the loop ------------------------------------------------------------------------------------
     def _autocast(self):
@@ -241,82 +280,106 @@ class Trainer:
         factor = lr_factor(self.step, tc.steps, tc.warmup_steps, tc.min_lr_ratio)
         for group, base in zip(self.optimizer.param_groups, self.base_lrs):
             group["lr"] = base * factor
-        nats, n_bytes = 0.0, 0
-        for _ in range(tc.grad_accum):
-            x, y = sample_batch(self.train_ids, tc.batch_size, tc.seq_len, self.data_gen)
-            x, y = x.to(self.device), y.to(self.device)
-            with self._autocast():
-                loss = self.model(x, targets=y).loss
-            if not torch.isfinite(loss):
-                raise TrainingDiverged(
-                    f"training diverged at step {self.step + 1}: the loss is {loss.item()}; lower optim.lr "
-                    f"(now {self.cfg.optim.lr}) or raise train.warmup_steps; the last checkpoint is kept")
-            (loss / tc.grad_accum).backward()
-            nats += loss.item() * y.numel()
+        nats = torch.zeros((), dtype=torch.float64, device=self.device)
+        n_bytes = 0
+        for i in range(tc.grad_accum):
+            # Every rank draws the same global micro-batch and keeps its own rows (distributed.py).
+            x, y = sample_batch(self.train_ids, tc.batch_size * self.dist.world_size, tc.seq_len, self.data_gen)
+            x, y = local_rows(x, self.dist), local_rows(y, self.dist)
             n_bytes += int(self.token_bytes[y].sum())
+            x, y = x.to(self.device), y.to(self.device)
+            with grad_sync(self.wrapped, self.dist, last=i == tc.grad_accum - 1):
+                with self._autocast():
+                    loss = self.train_model(x, y)
+                (loss / tc.grad_accum).backward()
+            nats += loss.detach().double() * y.numel()
+        totals = all_reduce_sum(torch.stack([nats, torch.tensor(float(n_bytes), dtype=torch.float64,
+                                                                device=self.device)]), self.dist)
+        total_nats, total_bytes = totals.tolist()
+        n_tokens = self.tokens_per_step
+        if not math.isfinite(total_nats):
+            # Checked after the all-reduce so that every rank stops at the same step.
+            raise TrainingDiverged(
+                f"training diverged at step {self.step + 1}: the loss is {total_nats / n_tokens}; lower optim.lr "
+                f"(now {self.cfg.optim.lr}) or raise train.warmup_steps; the last checkpoint is kept")
         grad_norm = 0.0
         if tc.grad_clip > 0:
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip))
+            grad_norm = float(full_tensor(torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)))
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
-        n_tokens = tc.grad_accum * tc.batch_size * tc.seq_len
         self.tokens_seen += n_tokens
-        return {"loss": nats / n_tokens, "bpb": nats / (math.log(2) * max(n_bytes, 1)),
+        return {"loss": total_nats / n_tokens, "bpb": total_nats / (math.log(2) * max(total_bytes, 1)),
                 "lr": self.base_lrs[0] * factor, "grad_norm": grad_norm}
 
-    def run(self) -> dict[str, Any]:
-        """Train until ``train.steps`` (or ``train.stop_at``); returns the final metrics."""
+    @property
+    def tokens_per_step(self) -> int:
+        """Tokens of one optimizer step over all processes: batch_size × grad_accum × world_size × seq_len."""
         tc = self.cfg.train
-        self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / "config.yaml").write_text(_yaml_dump(self.cfg.to_dict()), encoding="utf-8")
-        if isinstance(self.tokenizer, BPETokenizer):
-            self.tokenizer.save(self.out)
+        return tc.grad_accum * tc.batch_size * self.dist.world_size * tc.seq_len
+
+    def run(self) -> dict[str, Any]:
+        """Train until ``train.steps`` (or ``train.stop_at``); returns the final metrics.
+
+        Every rank runs the loop; rank 0 alone writes files and shows the progress bar.
+        """
+        tc = self.cfg.train
+        main = self.dist.is_main
+        if main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "config.yaml").write_text(_yaml_dump(self.cfg.to_dict()), encoding="utf-8")
+            if isinstance(self.tokenizer, BPETokenizer):
+                self.tokenizer.save(self.out)
         stop = tc.stop_at or tc.steps
-        bar = tqdm(total=tc.steps, initial=self.step, desc="train", unit="step", disable=not self.progress,
+        bar = tqdm(total=tc.steps, initial=self.step, desc="train", unit="step", disable=not (self.progress and main),
                    dynamic_ncols=True)
-        metrics_file = open(self.out / METRICS, "a", encoding="utf-8")
+        log = RunLog(self.out, enabled=main, tensorboard=tc.tensorboard, purge_step=self.step + 1 if self.step else None)
         window_start, window_tokens = time.perf_counter(), 0
         if self.step == 0:
             # The untrained model's score anchors the curve (about 8 bits per byte for bytes).
             self.last_eval = self.evaluate()
-            _write(metrics_file, {"step": 0, "val_bpb": self.last_eval["bpb"], "val_loss": self.last_eval["loss"],
-                                  "val_tokens": self.last_eval["tokens"]})
+            log.write({"step": 0, "val_bpb": self.last_eval["bpb"], "val_loss": self.last_eval["loss"],
+                       "val_tokens": self.last_eval["tokens"]})
         try:
             while self.step < stop:
                 t0 = time.perf_counter()
                 m = self.train_step()
                 self.elapsed += time.perf_counter() - t0
-                window_tokens += tc.grad_accum * tc.batch_size * tc.seq_len
+                window_tokens += self.tokens_per_step
                 bar.update(1)
                 if self.step % tc.log_every == 0 or self.step == stop:
                     tok_s = window_tokens / max(time.perf_counter() - window_start, 1e-9)
                     window_start, window_tokens = time.perf_counter(), 0
-                    _write(metrics_file, {"step": self.step, **m, "tokens": self.tokens_seen, "tok_per_s": tok_s,
-                                          "elapsed_s": self.elapsed})
+                    log.write({"step": self.step, **m, "tokens": self.tokens_seen, "tok_per_s": tok_s,
+                               "elapsed_s": self.elapsed})
                     bar.set_postfix(loss=f"{m['loss']:.3f}", bpb=f"{m['bpb']:.3f}", tok_s=f"{tok_s:.0f}")
                 final = self.step == tc.steps
                 if self.step % tc.eval_every == 0 or final:
                     self.last_eval = self.evaluate(full=final)
-                    _write(metrics_file, {"step": self.step, "val_bpb": self.last_eval["bpb"],
-                                          "val_loss": self.last_eval["loss"], "val_tokens": self.last_eval["tokens"]})
+                    log.write({"step": self.step, "val_bpb": self.last_eval["bpb"],
+                               "val_loss": self.last_eval["loss"], "val_tokens": self.last_eval["tokens"]})
                     bar.set_postfix(loss=f"{m['loss']:.3f}", val_bpb=f"{self.last_eval['bpb']:.3f}")
                 if self.step % tc.ckpt_every == 0 or self.step == stop:
-                    metrics_file.flush()
+                    log.flush()
                     self.save()
         except KeyboardInterrupt:
-            metrics_file.flush()
-            self.save()
+            log.flush()
+            # Gathering FSDP shards needs every rank, which an interrupt does not guarantee: an
+            # FSDP run keeps its last periodic checkpoint.
+            self.saved_on_interrupt = not self.dist.sharded
+            if self.saved_on_interrupt:
+                self.save(wait=False)
             raise
         finally:
             bar.close()
-            metrics_file.close()
+            log.close()
         result = {"step": self.step, "steps": tc.steps, "tokens_seen": self.tokens_seen, "elapsed_s": self.elapsed,
                   "val": self.last_eval, "parameters": self.model.num_parameters(non_embedding=False)}
         if self.step == tc.steps:
             result["sample"] = self.sample()
-            plot_metrics(self.out / METRICS, self.out / "loss.png")
-            write_report(self.out, self.metadata(), result)
+            if main:
+                plot_metrics(self.out / METRICS, self.out / "loss.png")
+                write_report(self.out, self.metadata(), result)
         return result
 
     def sample(self) -> str:
@@ -334,8 +397,57 @@ class Trainer:
         return self.tokenizer.decode(ids[0].tolist())
 
 
-def _write(fh, record: dict) -> None:
-    fh.write(json.dumps(record) + "\n")
+class RunLog:
+    """The run's metrics: JSON lines in ``metrics.jsonl`` and, optionally, TensorBoard scalars.
+
+    Records with ``loss`` are training steps (TensorBoard tags ``train/loss``, ``train/bpb``,
+    ``train/lr``, ...); ``val_*`` fields become ``val/*``. Disabled on every rank but 0.
+
+    Args:
+        out: the run folder.
+        enabled: write anything at all.
+        tensorboard: also write TensorBoard events to ``out/tensorboard``.
+        purge_step: on resume, the first step to be rewritten: TensorBoard hides the events a
+            crashed run wrote from there on (as :func:`_truncate_metrics` drops their JSON lines).
+    """
+
+    def __init__(self, out: Path, enabled: bool = True, tensorboard: bool = False, purge_step: int | None = None):
+        self.file = open(out / METRICS, "a", encoding="utf-8") if enabled else None
+        self.writer = None
+        if enabled and tensorboard:
+            self.writer = _summary_writer_class()(log_dir=str(out / "tensorboard"), purge_step=purge_step)
+
+    def write(self, record: dict) -> None:
+        if self.file is None:
+            return
+        self.file.write(json.dumps(record) + "\n")
+        if self.writer is not None:
+            step = record["step"]
+            for key, value in record.items():
+                if key != "step" and isinstance(value, (int, float)):
+                    tag = f"val/{key[4:]}" if key.startswith("val_") else f"train/{key}"
+                    self.writer.add_scalar(tag, value, step)
+
+    def flush(self) -> None:
+        if self.file is not None:
+            self.file.flush()
+        if self.writer is not None:
+            self.writer.flush()
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+        if self.writer is not None:
+            self.writer.close()
+
+
+def _summary_writer_class():
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise ConfigError("train.tensorboard", "needs the tensorboard package: pip install 'nestlearn[tensorboard]' "
+                          "(or set train.tensorboard: false)") from None
+    return SummaryWriter
 
 
 def _truncate_metrics(path: Path, step: int) -> None:

@@ -1,0 +1,210 @@
+"""Training throughput of Hope, Titans and Transformer++ at equal parameter count (issue 4).
+
+Hope is the ``hope-small`` model (d = 256, 4 blocks of self-modifying Titans + CMS). Titans (LMM) and
+Transformer++ get the same depth and the width whose non-embedding parameter count is closest to
+Hope's (printed; within 5 % by construction of the search). Each training step is forward, backward
+and an AdamW step on random byte tokens, ``--tokens`` tokens per step (batch = tokens / seq). For
+every sequence length the three models are timed in the same run, interleaved step by step, and
+each rate is the median over ``--repeats`` steps; ratios are against Transformer++.
+
+Issue 4's target: Hope at least 0.5× Transformer++ at 1024 tokens and faster than it at 4096.
+
+Usage:
+    python benchmarks/hope_throughput.py [--threads 0] [--repeats 3] [--lengths 256,1024,4096]
+        [--tokens 4096] [--quick] [--out result.json] [--write-docs]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from nestlearn.models import CausalLM
+from nestlearn.models.lm import model_config_from_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs" / "performance.md"
+MARKERS = ("<!-- hope-throughput:begin -->", "<!-- hope-throughput:end -->")
+MODELS = ("hope", "titans", "transformer")
+VOCAB = 256
+TOLERANCE = 0.05
+
+# hope-small (configs/hope-small.yaml) and a tiny stand-in for --quick.
+HOPE = {"d_model": 256, "n_layers": 4, "selfmod": {"chunk_size_memory": 16, "chunk_size_other": 64, "heads": 1},
+        "cms": {"chunk_sizes": [512, 128, 32], "variant": "sequential", "hidden_mult": 4}}
+HOPE_QUICK = {"d_model": 16, "n_layers": 1, "selfmod": {"chunk_size_memory": 4, "chunk_size_other": 8, "heads": 1},
+              "cms": {"chunk_sizes": [16, 8], "step_periods": [2, 1], "variant": "sequential", "hidden_mult": 2}}
+
+
+def non_embedding_params(cfg: dict) -> int:
+    return CausalLM(model_config_from_dict({**cfg, "vocab_size": VOCAB})).num_parameters(non_embedding=True)
+
+
+def baseline_config(family: str, target: int, n_layers: int, max_seq_len: int, step: int = 16) -> dict:
+    """The width (multiple of ``step``, 4 heads) whose non-embedding parameter count is closest to ``target``.
+
+    Parameters grow monotonically with the width, so the search stops at the first width above it.
+    """
+    best, d = None, step
+    while True:
+        cfg = {"family": family, "d_model": d, "n_layers": n_layers, "n_heads": 4, "max_seq_len": max_seq_len}
+        n = non_embedding_params(cfg)
+        if best is None or abs(n - target) < abs(best[1] - target):
+            best = (cfg, n)
+        if n > target:
+            return best[0]
+        d += step
+
+
+def equal_param_configs(quick: bool, max_seq_len: int) -> dict[str, dict]:
+    """family -> model config dict: Hope (hope-small, or a tiny one) and width-matched Titans and Transformer++."""
+    hope = {"family": "hope", **(HOPE_QUICK if quick else HOPE), "max_seq_len": max_seq_len}
+    target = non_embedding_params(hope)
+    configs = {"hope": hope}
+    for family in ("titans", "transformer"):
+        configs[family] = baseline_config(family, target, hope["n_layers"], max_seq_len, step=8 if quick else 16)
+    return configs
+
+
+def build(cfg: dict, seed: int = 0) -> CausalLM:
+    torch.manual_seed(seed)
+    return CausalLM(model_config_from_dict({**cfg, "vocab_size": VOCAB}))
+
+
+def train_step_fn(model: CausalLM, batch: int, seq: int) -> Callable[[], None]:
+    """One training step (forward, backward, AdamW) on fixed random tokens."""
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    tokens = torch.randint(0, VOCAB, (batch, seq + 1), generator=torch.Generator().manual_seed(seq))
+
+    def step() -> None:
+        model(tokens[:, :-1], targets=tokens[:, 1:]).loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return step
+
+
+def interleaved_medians(steps: dict[str, Callable[[], None]], repeats: int, warmup: int = 1) -> dict[str, float]:
+    """Median seconds per call of each function, timed in turn (one round = one call of each)."""
+    for _ in range(warmup):
+        for fn in steps.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(repeats):
+        for name, fn in steps.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def run(lengths: list[int], tokens: int, repeats: int, quick: bool = False) -> dict:
+    """Measure every model at every length; returns the JSON-ready result."""
+    configs = equal_param_configs(quick, max(lengths))
+    models = {name: build(cfg) for name, cfg in configs.items()}
+    params = {name: m.num_parameters(non_embedding=True) for name, m in models.items()}
+    rows = []
+    for seq in lengths:
+        batch = max(1, tokens // seq)
+        medians = interleaved_medians({n: train_step_fn(m, batch, seq) for n, m in models.items()}, repeats)
+        rates = {n: batch * seq / t for n, t in medians.items()}
+        for name in MODELS:
+            rows.append({"model": name, "seq_len": seq, "batch": batch, "step_s": medians[name],
+                         "tokens_per_s": rates[name], "ratio_vs_transformer": rates[name] / rates["transformer"]})
+    deviation = max(abs(n - params["hope"]) / params["hope"] for n in params.values())
+    return {"configs": configs, "non_embedding_params": params, "max_param_deviation": deviation, "rows": rows,
+            **environment(),
+            "threads": torch.get_num_threads(), "repeats": repeats, "tokens_per_step": tokens}
+
+
+def environment() -> dict:
+    """Hardware, software, date and commit of this run."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                                text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = "unknown"
+    return {"hardware": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
+            "torch": torch.__version__, "python": platform.python_version(),
+            "date": datetime.date.today().isoformat(), "commit": commit}
+
+
+def markdown(result: dict, command: str) -> str:
+    p = result["non_embedding_params"]
+    widths = {n: c["d_model"] for n, c in result["configs"].items()}
+    lines = [
+        (f"Command: `{command}`. {result['hardware']}, torch {result['torch']}, Python {result['python']}, "
+        f"{result['date']}, commit {result['commit']}. Training steps (forward, backward, AdamW) of "
+        f"{result['tokens_per_step']} tokens, the three models interleaved in the same run, medians over "
+        f"{result['repeats']} steps."),
+        "",
+        "Non-embedding parameters: " + ", ".join(f"{n} {p[n]:,} (d = {widths[n]})" for n in MODELS)
+        + f"; largest deviation from Hope's count {100 * result['max_param_deviation']:.1f} %.",
+        "",
+        "| seq | batch | Hope tokens/s | Titans tokens/s | Transformer++ tokens/s | Hope / T++ | Titans / T++ |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    by_len: dict[int, dict[str, dict]] = {}
+    for r in result["rows"]:
+        by_len.setdefault(r["seq_len"], {})[r["model"]] = r
+    for seq, r in by_len.items():
+        lines.append(f"| {seq} | {r['hope']['batch']} | {r['hope']['tokens_per_s']:,.0f} | "
+                     f"{r['titans']['tokens_per_s']:,.0f} | {r['transformer']['tokens_per_s']:,.0f} | "
+                     f"{r['hope']['ratio_vs_transformer']:.2f} | {r['titans']['ratio_vs_transformer']:.2f} |")
+    return "\n".join(lines)
+
+
+def write_section(path: Path, markers: tuple[str, str], heading: str, body: str) -> None:
+    """Replace the text between the markers in ``path`` (appending a headed section with them if absent)."""
+    begin, end = markers
+    text = path.read_text(encoding="utf-8") if path.exists() else ""
+    block = f"{begin}\n{body}\n{end}"
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        text = head + block + rest.split(end, 1)[1]
+    else:
+        text = text.rstrip("\n") + f"\n\n## {heading}\n\n{block}\n"
+    path.write_text(text, encoding="utf-8")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave the default)")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--lengths", default="256,1024,4096", help="comma-separated sequence lengths")
+    p.add_argument("--tokens", type=int, default=4096, help="tokens per training step (batch = tokens / seq)")
+    p.add_argument("--quick", action="store_true", help="tiny models, short lengths, one repeat (a smoke test)")
+    p.add_argument("--out", help="write the result as JSON to this file")
+    p.add_argument("--write-docs", action="store_true", help=f"write the table into {DOCS.relative_to(ROOT)}")
+    argv = sys.argv[1:] if argv is None else argv
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    lengths = [int(s) for s in args.lengths.split(",")]
+    tokens, repeats = args.tokens, args.repeats
+    if args.quick:
+        lengths, tokens, repeats = [16, 32], 32, 1
+    result = run(lengths, tokens, repeats, quick=args.quick)
+    command = " ".join(["python benchmarks/hope_throughput.py", *argv])
+    text = markdown(result, command)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=1), encoding="utf-8")
+    if args.write_docs:
+        write_section(DOCS, MARKERS, "Hope, Titans and Transformer++ training throughput at equal parameters (issue 4)",
+                      text)
+    return result
+
+
+if __name__ == "__main__":
+    main()

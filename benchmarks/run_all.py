@@ -1,0 +1,234 @@
+"""Reproduce the evidence: run every section of the evaluation suite and write docs/results.md.
+
+Sections (``nestlearn.eval.suite.<key>.section(quick, out_dir, seed)``): formal-language
+recognition (NL-L Table 5), MQAR, S-NIAH-1/2/3, bAbI-style qa1–qa5 in haystacks, continual learning
+and the language-modelling comparison. A section whose module is not installed (or not written
+yet) is skipped with a message. Each section's run artefacts (JSON, plots) go to ``--out/<key>``;
+the plots its Markdown references are copied next to docs/results.md.
+
+docs/results.md is updated in place: a header block (command, date, hardware, torch, commit,
+seed) and one block per section between ``<!-- key:begin -->`` and ``<!-- key:end -->``. Only the
+blocks of the sections run are replaced; every other block (e.g. ``optimizers``, written by
+benchmarks/optimizers.py) and all text outside the blocks is kept verbatim.
+
+Usage::
+
+    python benchmarks/run_all.py                      # the CPU tier (hours on two cores)
+    python benchmarks/run_all.py --quick              # smoke version, about ten minutes
+    python benchmarks/run_all.py --only formal,mqar --seed 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib
+import os
+import platform
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SECTIONS = ("formal", "mqar", "niah", "babi", "continual", "lm")
+# Document order; blocks written by other scripts come after the suite's.
+ORDER = (*SECTIONS, "optimizers")
+HEADER = "run_all"
+TITLE = "# Results\n\nBenchmark results of nestlearn; each section is written by its benchmark script.\n"
+
+
+def begin(key: str) -> str:
+    return f"<!-- {key}:begin -->"
+
+
+def end(key: str) -> str:
+    return f"<!-- {key}:end -->"
+
+
+def block(key: str, body: str) -> str:
+    return f"{begin(key)}\n{body.strip()}\n{end(key)}"
+
+
+def _span(text: str, key: str) -> tuple[int, int] | None:
+    """(start, stop) of the whole block of ``key`` in ``text``, markers included; None when absent."""
+    b = text.find(begin(key))
+    if b < 0:
+        return None
+    e = text.find(end(key), b)
+    if e < 0:
+        raise ValueError(f"docs/results.md: {begin(key)} has no matching {end(key)}")
+    return b, e + len(end(key))
+
+
+def replace_block(text: str, key: str, body: str, order: tuple[str, ...] = ORDER) -> str:
+    """Put ``block(key, body)`` into ``text``: in place of the old block, or else at its place in ``order``.
+
+    A new block goes before the first later block of ``order`` present in the text, else after the
+    last earlier one, else after the header block, else at the end. Nothing else changes.
+    """
+    new = block(key, body)
+    span = _span(text, key)
+    if span is not None:
+        return text[:span[0]] + new + text[span[1]:]
+    keys = list(order) if key in order else [*order, key]
+    i = keys.index(key)
+    for later in keys[i + 1:]:
+        s = _span(text, later)
+        if s is not None:
+            return text[:s[0]] + new + "\n\n" + text[s[0]:]
+    for earlier in [*reversed(keys[:i]), HEADER]:
+        s = _span(text, earlier)
+        if s is not None:
+            return text[:s[1]] + "\n\n" + new + text[s[1]:]
+    return text.rstrip("\n") + "\n\n" + new + "\n"
+
+
+def update_document(text: str | None, header: str, bodies: dict[str, str]) -> str:
+    """docs/results.md with the header block and the blocks of ``bodies`` replaced; the rest verbatim.
+
+    Args:
+        text: the current document (None: start from the title).
+        header: body of the ``run_all`` header block, placed after the title when new.
+        bodies: key -> section body (heading and Markdown).
+    """
+    text = TITLE if text is None else text
+    if _span(text, HEADER) is None:
+        first = min((s[0] for s in (_span(text, k) for k in ORDER) if s is not None), default=None)
+        head = block(HEADER, header)
+        text = (text.rstrip("\n") + "\n\n" + head + "\n") if first is None else (text[:first] + head + "\n\n" + text[first:])
+    else:
+        text = replace_block(text, HEADER, header)
+    for key in ORDER:
+        if key in bodies:
+            text = replace_block(text, key, bodies[key])
+    for key, body in bodies.items():
+        if key not in ORDER:
+            text = replace_block(text, key, body)
+    return text
+
+
+def image_links(markdown: str) -> list[str]:
+    """Relative targets of the Markdown image links in ``markdown``."""
+    return [t for t in re.findall(r"!\[[^\]]*\]\(([^)\s]+)\)", markdown) if "://" not in t and not t.startswith("/")]
+
+
+def commit() -> str:
+    """Short commit id, with ``+dirty`` when the working tree has changes; "unknown" outside git."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True,
+                               check=True).stdout.strip()
+        return head + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def hardware() -> str:
+    return (f"`{platform.platform()}`, {os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), "
+            f"torch {torch.__version__} with {torch.get_num_threads()} thread(s), Python {platform.python_version()}")
+
+
+def load_section(key: str) -> Callable | None:
+    """The ``section`` function of ``nestlearn.eval.suite.<key>``, or None (with a message) when absent."""
+    name = f"nestlearn.eval.suite.{key}"
+    try:
+        module = importlib.import_module(name)
+    except ModuleNotFoundError as err:
+        if err.name != name:
+            raise
+        print(f"[run_all] {key}: {name} is not available; skipped", file=sys.stderr)
+        return None
+    fn = getattr(module, "section", None)
+    if fn is None:
+        print(f"[run_all] {key}: {name} has no section(); skipped", file=sys.stderr)
+    return fn
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smoke version (about ten minutes on two cores)")
+    parser.add_argument("--only", default="", help=f"comma-separated subset of {', '.join(SECTIONS)}")
+    parser.add_argument("--out", type=Path, default=None, help="run artefacts (default runs/results/<UTC time>)")
+    parser.add_argument("--seed", type=int, default=0, help="base seed of every section")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    parser.add_argument("--results", type=Path, default=ROOT / "docs" / "results.md", help="the document to update")
+    args = parser.parse_args(argv)
+    keys = [k.strip() for k in args.only.split(",") if k.strip()] or list(SECTIONS)
+    unknown = [k for k in keys if k not in SECTIONS]
+    if unknown:
+        parser.error(f"--only: unknown sections {unknown}; allowed: {', '.join(SECTIONS)}")
+    args.keys = keys
+    return args
+
+
+def main(argv: list[str] | None = None, sections: dict[str, Callable] | None = None) -> int:
+    """Run the chosen sections and update the document; returns 1 when a section failed.
+
+    ``sections`` maps keys to section functions instead of importing them (tests).
+    """
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    started = datetime.datetime.now(datetime.timezone.utc)
+    out = args.out or ROOT / "runs" / "results" / started.strftime("%Y%m%d-%H%M%S")
+    docs = args.results.parent
+    docs.mkdir(parents=True, exist_ok=True)
+    cmd = "python benchmarks/run_all.py" + "".join(" " + shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
+    stamp = started.strftime("%Y-%m-%d %H:%M UTC")
+    rev = commit()
+    bodies: dict[str, str] = {}
+    failed: list[str] = []
+    for key in args.keys:
+        fn = sections[key] if sections is not None else load_section(key)
+        if fn is None:
+            continue
+        t0 = time.perf_counter()
+        try:
+            sec = fn(args.quick, out / key, args.seed)
+        except NotImplementedError as err:
+            print(f"[run_all] {key}: not implemented yet ({err}); skipped", file=sys.stderr)
+            continue
+        except Exception:  # noqa: BLE001  (one failing section must not lose the others' results)
+            traceback.print_exc()
+            failed.append(key)
+            continue
+        minutes = (time.perf_counter() - t0) / 60
+        for name in image_links(sec.markdown):
+            if (out / key / name).is_file():
+                shutil.copyfile(out / key / name, docs / name)
+            elif not (docs / name).is_file():
+                print(f"[run_all] {key}: image {name} not found in {out / key} or {docs}", file=sys.stderr)
+        run_line = (f"_Run {stamp} by `{cmd}`{' (quick)' if args.quick else ''}, seed {args.seed}, commit "
+                    f"{rev}, {minutes:.1f} min; artefacts in `{os.path.relpath(out / key, ROOT)}`._")
+        bodies[key] = f"## {sec.title}\n\n{run_line}\n\n{sec.markdown.strip()}\n"
+        print(f"[run_all] {key}: done in {minutes:.1f} min", file=sys.stderr)
+    header = "\n".join([
+        ("Sections between `<!-- key:begin -->` / `<!-- key:end -->` markers are generated by "
+        "`benchmarks/run_all.py` (or, for `optimizers`, by `benchmarks/optimizers.py`); do not edit them by hand. "
+        "Each section states the command, seeds and date of its own run. Latest `run_all` invocation:"),
+        "",
+        f"- Command: `{cmd}`",
+        f"- Date: {stamp}",
+        f"- Hardware: {hardware()}",
+        f"- Commit: {rev}",
+        f"- Seed: {args.seed}; sections run: {', '.join(bodies) or 'none'}"
+        + (f"; failed: {', '.join(failed)}" if failed else ""),
+        f"- Setting: {'quick (smoke run, not evidence)' if args.quick else 'CPU tier (shared/benchmarks/tasks.md)'}",
+    ])
+    if bodies:
+        old = args.results.read_text(encoding="utf-8") if args.results.exists() else None
+        args.results.write_text(update_document(old, header, bodies), encoding="utf-8")
+        print(f"[run_all] wrote {args.results}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,108 @@
+"""Helpers shared by the task sections of the evidence suite (formal, mqar, niah, babi).
+
+Every family is built at the suite's size with the settings of the D22 "tiny" configs
+(configs/*-tiny.yaml): memory chunks of 16 tokens, CMS levels every 64 / 32 / 16 tokens. Hope
+additionally uses ``selfmod.v_norm = "l2"`` and ``selfmod.chunk_size_other = 16``
+[Interp, project choice]: with the binding defaults (v_norm "none", C_oth = 64) an untrained Hope's
+activations overflow to NaN within a few hundred tokens of KJV text, and even at v_norm "l2" with
+C_oth = 64 within about 500 tokens of a NIAH prompt, which would leave nothing to measure on the
+long-context probes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from nestlearn.config import from_dict
+from nestlearn.data.synthetic.base import TaskBatch
+from nestlearn.eval.tasks import fit_task, task_model
+from nestlearn.models.lm import CausalLM, LMConfig, families
+
+NAMES = {"lstm": "LSTM", "transformer": "Transformer++", "titans": "Titans", "deltanet": "DeltaNet",
+         "gated_deltanet": "Gated DeltaNet", "hope": "Hope", "hope_attention": "Hope-Attention"}
+
+_FAMILY_SETTINGS: dict[str, dict[str, Any]] = {
+    "titans": {"chunk_size": 16},
+    "deltanet": {"chunk_size": 16},
+    "gated_deltanet": {"chunk_size": 16},
+    "hope": {"selfmod": {"chunk_size_memory": 16, "chunk_size_other": 16, "v_norm": "l2"},
+             "cms": {"chunk_sizes": [64, 32, 16]}},
+    "hope_attention": {"cms": {"chunk_sizes": [64, 32, 16]}},
+}
+
+
+def suite_config(family: str, d_model: int, n_layers: int, max_seq_len: int) -> LMConfig:
+    """The config of ``family`` used by every task section (module docstring)."""
+    data = {"d_model": d_model, "n_layers": n_layers, "max_seq_len": max_seq_len, **_FAMILY_SETTINGS.get(family, {})}
+    return from_dict(families()[family], data, prefix="model")
+
+
+def suite_model(family: str, d_model: int, n_layers: int, max_seq_len: int, example: TaskBatch,
+                seed: int) -> CausalLM:
+    """A freshly initialised model (``torch.manual_seed(seed)``) sized for the task of ``example``."""
+    torch.manual_seed(seed)
+    return task_model(suite_config(family, d_model, n_layers, max_seq_len), example)
+
+
+def train(model: CausalLM, sample: Callable[[int], TaskBatch], steps: int, lr: float, bar: tqdm,
+          stop: Callable[[int, float], bool] | None = None) -> list[float]:
+    """:func:`nestlearn.eval.tasks.fit_task` (gradient clip 1.0) advancing ``bar`` by one per step."""
+
+    def counted(step: int) -> TaskBatch:
+        bar.update(1)
+        return sample(step)
+
+    return fit_task(model, counted, steps, lr, clip=1.0, stop=stop)
+
+
+def progress(total: int, desc: str) -> tqdm:
+    return tqdm(total=total, desc=desc, unit="step", dynamic_ncols=True)
+
+
+def command(key: str, quick: bool, seed: int) -> str:
+    """The command that reproduces one section."""
+    return f"python benchmarks/run_all.py --only {key}{' --quick' if quick else ''} --seed {seed}"
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for one value); NaNs propagate."""
+    vals = list(values)
+    if len(vals) == 1:
+        return vals[0], 0.0
+    return statistics.fmean(vals), statistics.stdev(vals)
+
+
+def pct(mean: float, std: float | None = None) -> str:
+    """A percentage cell: ``97.2`` or ``97.2 ± 1.3``; ``nan`` for a missing value."""
+    if math.isnan(mean):
+        return "nan"
+    text = f"{100 * mean:.1f}"
+    return text if not std else f"{text} ± {100 * std:.1f}"
+
+
+def nonfinite(losses: Sequence[float]) -> int:
+    """How many training steps had a non-finite loss (skipped by fit_task)."""
+    return sum(not math.isfinite(x) for x in losses)
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=1, default=str), encoding="utf-8")
+
+
+def pyplot():
+    """matplotlib.pyplot with the Agg backend (no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt

@@ -1,0 +1,287 @@
+"""The ``formal`` section of docs/results.md: formal-language recognition in the layout of NL-L Table 5.
+
+Protocol (tasks.md §4, CPU tier): next-character-set prediction with |Σ| + 1 sigmoids; every model
+trains on a fixed pool of strings with lengths in the training range, until its accuracy on the
+first 512 pool strings is 100 % or the step budget is spent; Bin0 holds test strings from the
+training range, Bin1 strings up to 50 symbols longer than any training string. A string counts
+only when the predicted set is right at every position. Reported: string accuracy in percent,
+mean ± std over seeds, beside the paper's Table 5 (spec §9.7).
+
+[Interp] The CPU tier's d = 64 would take hours for Hope on two cores, so the full setting uses
+d = 32 (2 layers) for every model, and at most 1,500 steps of batch 32 (tasks.md: 5,000).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nestlearn.data.synthetic import derive_seed, generate, verbatim_overlap
+from nestlearn.data.synthetic.base import TaskBatch
+from nestlearn.data.synthetic.formal import LANGUAGES
+from nestlearn.eval.suite import Section
+from nestlearn.eval.suite.common import (
+    NAMES,
+    command,
+    mean_std,
+    nonfinite,
+    pct,
+    progress,
+    pyplot,
+    suite_model,
+    train,
+    write_json,
+)
+from nestlearn.eval.tasks import task_accuracy
+
+KEY = "formal"
+LABELS = {"parity": "Parity", "aa_star": "(aa)*", "abab_star": "(abab)*", "anbn": "aⁿbⁿ", "anbncn": "aⁿbⁿcⁿ",
+          "shuffle2": "Shuffle-2"}
+# NL-L Table 5 (spec §9.7): (Bin0, Bin1) per language in LANGUAGES order, percent.
+PAPER_TABLE5: dict[str, tuple[float, ...]] = {
+    "LSTM": (100, 100, 100, 100, 100, 100, 100, 100, 100, 100, 100, 100),
+    "Transformer": (46.4, 0.0, 0.0, 0.0, 0.0, 0.0, 100, 100, 100, 100, 100, 100),
+    "Linear": (78.1, 0.0, 0.0, 0.0, 0.0, 0.0, 100, 100, 100, 100, 100, 100),
+    "DeltaNet": (98.2, 10.1, 0.0, 0.0, 0.0, 0.0, 100, 100, 100, 100, 100, 100),
+    "SRWM": (100, 100, 100, 100, 100, 100, 100, 100, 100, 100, 100, 100),
+    "Hope": (100, 100, 100, 100, 100, 100, 100, 100, 100, 100, 100, 100),
+}
+# Our family -> the paper's row of the same model.
+PAPER_ROW = {"lstm": "LSTM", "transformer": "Transformer", "deltanet": "DeltaNet", "hope": "Hope"}
+
+
+@dataclass(frozen=True)
+class FormalSettings:
+    """Sizes of one run of the section.
+
+    Attributes:
+        languages, models: what is trained (every model on every language).
+        train_lengths: inclusive training length range (Bin1 = the next 50 lengths).
+        train_count, bin_count: training pool size and test strings per bin.
+        steps: step budget per model and language; training stops earlier once the accuracy on the
+            first ``check_size`` pool strings, measured every ``check_every`` steps, is 100 %.
+        batch_size, lr: AdamW training (gradient clip 1.0).
+        d_model, n_layers: size of every model.
+        seeds: how many seeds (seed, seed + 1, …) per cell.
+    """
+
+    languages: tuple[str, ...] = LANGUAGES
+    models: tuple[str, ...] = ("lstm", "transformer", "titans", "deltanet", "gated_deltanet", "hope",
+                               "hope_attention")
+    train_lengths: tuple[int, int] = (1, 50)
+    train_count: int = 10_000
+    bin_count: int = 500
+    steps: int = 1_500
+    check_every: int = 100
+    check_size: int = 512
+    batch_size: int = 32
+    lr: float = 3e-3
+    d_model: int = 32
+    n_layers: int = 2
+    seeds: int = 3
+
+
+SETTINGS = {
+    "full": FormalSettings(),
+    "quick": FormalSettings(train_lengths=(1, 12), train_count=2_000, bin_count=100, steps=30, check_every=10,
+                            check_size=128, batch_size=16, seeds=1),
+    # For tests only: seconds, not evidence.
+    "test": FormalSettings(languages=("aa_star", "parity"), models=("lstm", "transformer"), train_lengths=(1, 8),
+                           train_count=64, bin_count=16, steps=4, check_every=2, check_size=16, batch_size=8,
+                           d_model=16, n_layers=1, seeds=1),
+}
+
+
+def _rows(batch: TaskBatch, index: np.ndarray) -> TaskBatch:
+    return replace(batch, inputs=batch.inputs[index], targets=batch.targets[index],
+                   target_sets=batch.target_sets[index], meta={**batch.meta, "lengths": batch.meta["lengths"][index]})
+
+
+def run_language(language: str, s: FormalSettings, seed: int, bar) -> dict[str, Any]:
+    """Train every model of ``s`` on one language with one seed; Bin0/Bin1 string accuracy per model."""
+    task = f"formal_{language}"
+    kw = {"train_lengths": s.train_lengths}
+    pool = generate(task, s.train_count, derive_seed(seed, f"formal/{language}/train"), **kw)
+    bins = {b: generate(task, s.bin_count, derive_seed(seed, f"formal/{language}/test"), split=b, **kw)
+            for b in ("bin0", "bin1")}
+    check = _rows(pool, np.arange(min(s.check_size, s.train_count)))
+    rng = np.random.default_rng(derive_seed(seed, f"formal/{language}/batches"))
+    order = [rng.integers(0, s.train_count, size=s.batch_size) for _ in range(s.steps)]
+    longest = max(b.inputs.shape[1] for b in bins.values())
+    out: dict[str, Any] = {"bin0_in_training": verbatim_overlap(pool.inputs, bins["bin0"].inputs,
+                                                                pool.meta["pad_id"])}
+    for family in s.models:
+        model = suite_model(family, s.d_model, s.n_layers, longest, pool, seed)
+        state = {"train_accuracy": float("nan"), "solved_at": None}
+
+        def stop(step: int, loss: float, model=model, state=state) -> bool:
+            if (step + 1) % s.check_every and step + 1 < s.steps:
+                return False
+            state["train_accuracy"] = task_accuracy(model, check)
+            if state["train_accuracy"] == 1.0:
+                state["solved_at"] = step + 1
+                bar.update(s.steps - step - 1)
+                return True
+            return False
+
+        t0 = time.perf_counter()
+        losses = train(model, lambda step: _rows(pool, order[step]), s.steps, s.lr, bar, stop)
+        out[family] = {"bin0": task_accuracy(model, bins["bin0"]), "bin1": task_accuracy(model, bins["bin1"]),
+                       "steps": len(losses), "train_accuracy": state["train_accuracy"],
+                       "solved_at": state["solved_at"], "nonfinite_steps": nonfinite(losses),
+                       "seconds": time.perf_counter() - t0, "final_loss": losses[-1]}
+        bar.set_postfix_str(f"{language} {family} bin0 {out[family]['bin0']:.2f} bin1 {out[family]['bin1']:.2f}")
+    return out
+
+
+def run(s: FormalSettings, out_dir: Path, seed: int = 0) -> dict[str, Any]:
+    """Every model × language × seed of ``s``; writes ``formal.json`` and returns the result."""
+    seeds = [seed + i for i in range(s.seeds)]
+    bar = progress(len(seeds) * len(s.languages) * len(s.models) * s.steps, "formal languages")
+    t0 = time.perf_counter()
+    runs = {str(sd): {lang: run_language(lang, s, sd, bar) for lang in s.languages} for sd in seeds}
+    bar.close()
+    result = {"settings": asdict(s), "seeds": seeds, "runs": runs, "seconds": time.perf_counter() - t0}
+    write_json(out_dir / "formal.json", result)
+    return result
+
+
+def cell(result: dict[str, Any], family: str, language: str, split: str) -> tuple[float, float]:
+    """Mean and std over seeds of one model's accuracy (fraction) on one language and bin."""
+    return mean_std([r[language][family][split] for r in result["runs"].values()])
+
+
+def tables(result: dict[str, Any]) -> str:
+    s = result["settings"]
+    langs = s["languages"]
+    head = "| model | " + " | ".join(f"{LABELS[g]} Bin0 | {LABELS[g]} Bin1" for g in langs) + " |"
+    rule = "|---|" + "---|" * (2 * len(langs))
+    lines = ["Measured (string accuracy, %, mean ± std over seeds):", "", head, rule]
+    for fam in s["models"]:
+        cells = [pct(*cell(result, fam, g, b)) for g in langs for b in ("bin0", "bin1")]
+        lines.append(f"| {NAMES[fam]} | " + " | ".join(cells) + " |")
+    lines += ["", "Paper (NL-L Table 5, spec §9.7; rows of models we do not run kept for reference):", "", head, rule]
+    for row, values in PAPER_TABLE5.items():
+        by_lang = dict(zip(LANGUAGES, zip(values[::2], values[1::2])))
+        lines.append(f"| {row} | " + " | ".join(f"{by_lang[g][0]:g} | {by_lang[g][1]:g}" for g in langs) + " |")
+    return "\n".join(lines)
+
+
+def claims(result: dict[str, Any]) -> list[str]:
+    """Plain statements of how the measurement compares with the paper's claims."""
+    s = result["settings"]
+    langs, models = s["languages"], s["models"]
+    out = []
+    if "hope" in models:
+        short = [f"{LABELS[g]} {b.title()} {pct(cell(result, 'hope', g, b)[0])} %" for g in langs
+                 for b in ("bin0", "bin1") if cell(result, "hope", g, b)[0] != 1.0]
+        n = 2 * len(langs)
+        out.append(f"- *Hope reaches 100 % on all six languages at both bins* (paper): Hope reaches 100 % in "
+                   f"{n - len(short)} of {n} cells here" + (f"; below 100 %: {', '.join(short)}." if short else "."))
+    if "transformer" in models:
+        hard = [g for g in ("parity", "aa_star", "abab_star") if g in langs]
+        cells = ", ".join(f"{LABELS[g]} {pct(cell(result, 'transformer', g, 'bin0')[0])} / "
+                          f"{pct(cell(result, 'transformer', g, 'bin1')[0])}" for g in hard)
+        fails = [g for g in hard if cell(result, "transformer", g, "bin1")[0] < 0.5]
+        out.append(f"- *Transformers fail Parity, (aa)*, (abab)** (paper: 46.4 / 0, 0 / 0, 0 / 0 at Bin0 / Bin1): "
+                   f"Transformer++ here {cells} %; below 50 % at Bin1 on {len(fails)} of {len(hard)}.")
+    for fam, row in PAPER_ROW.items():
+        if fam not in models:
+            continue
+        paper = dict(zip(LANGUAGES, zip(PAPER_TABLE5[row][::2], PAPER_TABLE5[row][1::2])))
+        close = sum(abs(100 * cell(result, fam, g, b)[0] - paper[g][i]) <= 10
+                    for g in langs for i, b in enumerate(("bin0", "bin1")))
+        out.append(f"- {NAMES[fam]}: {close} of {2 * len(langs)} cells within 10 points of the paper's {row} row.")
+    hope_rank = []
+    for g in langs:
+        for b in ("bin0", "bin1"):
+            vals = {f: cell(result, f, g, b)[0] for f in models}
+            best = max(v for v in vals.values() if not math.isnan(v))
+            if "hope" in vals and vals["hope"] < best:
+                hope_rank.append(f"{LABELS[g]} {b.title()} (best: {', '.join(NAMES[f] for f, v in vals.items() if v == best)})")
+    if "hope" in models:
+        out.append("- Cells where another model beats Hope: " + ("; ".join(hope_rank) if hope_rank else "none") + ".")
+    return out
+
+
+def details(result: dict[str, Any]) -> str:
+    s = result["settings"]
+    lines = ["| model | " + " | ".join(LABELS[g] for g in s["languages"]) + " |",
+             "|---|" + "---|" * len(s["languages"])]
+    for fam in s["models"]:
+        cells = []
+        for g in s["languages"]:
+            runs = [r[g][fam] for r in result["runs"].values()]
+            solved = sum(r["solved_at"] is not None for r in runs)
+            steps = round(sum(r["steps"] for r in runs) / len(runs))
+            skipped = sum(r["nonfinite_steps"] for r in runs)
+            cells.append(f"{solved}/{len(runs)} at {steps}" + (f" ({skipped} NaN)" if skipped else ""))
+        lines.append(f"| {NAMES[fam]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    plt = pyplot()
+    s = result["settings"]
+    langs, models = s["languages"], s["models"]
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4), dpi=110, sharey=True)
+    width = 0.8 / len(models)
+    for ax, b in zip(axes, ("bin0", "bin1")):
+        for j, fam in enumerate(models):
+            means = [100 * cell(result, fam, g, b)[0] for g in langs]
+            ax.bar(np.arange(len(langs)) + (j - (len(models) - 1) / 2) * width, means, width, label=NAMES[fam])
+        ax.set_xticks(range(len(langs)), [LABELS[g] for g in langs])
+        ax.set_title(f"{b.title()} ({'training lengths' if b == 'bin0' else 'longer strings'})")
+        ax.set_ylim(0, 102)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].set_ylabel("string accuracy (%)")
+    axes[1].legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def markdown(result: dict[str, Any], quick: bool, seed: int, plot_name: str) -> str:
+    s = result["settings"]
+    n_lo, n_hi = s["train_lengths"]
+    overlap = ", ".join(f"{LABELS[g]} {result['runs'][str(seed)][g]['bin0_in_training']}" for g in s["languages"])
+    lines = [
+        f"- Command: `{command(KEY, quick, seed)}`",
+        f"- Seeds: {', '.join(map(str, result['seeds']))}; wall time {result['seconds'] / 60:.1f} min.",
+        (f"- Protocol (tasks.md §4): next-character-set prediction, string accuracy. Training lengths "
+        f"{n_lo}–{n_hi} (pool of {s['train_count']:,} strings), Bin0 = {s['bin_count']} held-out strings in that range, "
+        f"Bin1 = {s['bin_count']} strings of length {n_hi + 1}–{n_hi + 50}. Every model d_model {s['d_model']}, "
+        f"{s['n_layers']} layers; AdamW lr {s['lr']}, batch {s['batch_size']}, at most {s['steps']} steps, stopped "
+        f"once the first {s['check_size']} pool strings are all right (checked every {s['check_every']} steps)."),
+        (f"- Bin0 strings that also occur in the training pool (seed {seed}; the degenerate languages have one string "
+        f"per length): {overlap}."),
+    ]
+    if quick:
+        lines.append("- **Quick setting**: a smoke run with a few dozen steps on short strings; its numbers say "
+                     "nothing about the models. The evidence is the full run (`--quick` left out).")
+    lines += ["", tables(result), "", f"![formal languages]({plot_name})", "",
+              ("Training: seeds that reached 100 % on the training check, and mean steps run "
+              "(NaN: steps skipped for a non-finite loss):"), "", details(result), "",
+              "Against the paper's claims:", *claims(result), "",
+              ("The paper's models are larger and trained longer on Irie et al.'s setup (not fully specified, "
+              "tasks.md §4 [verify]); Titans, Gated DeltaNet and Hope-Attention have no row in Table 5.")]
+    return "\n".join(lines)
+
+
+def section(quick: bool, out_dir: Path, seed: int = 0, *, settings: FormalSettings | None = None) -> Section:
+    """Run the formal-language benchmark and return its section of docs/results.md.
+
+    ``settings`` overrides the quick/full sizes (tests use ``SETTINGS["test"]``).
+    """
+    s = settings or SETTINGS["quick" if quick else "full"]
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result = run(s, out_dir, seed)
+    plot_name = "results_formal.png"
+    plot(result, out_dir / plot_name)
+    return Section(KEY, "Formal-language recognition (NL-L Table 5)", markdown(result, quick, seed, plot_name), result)

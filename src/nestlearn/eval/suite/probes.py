@@ -1,0 +1,162 @@
+"""The loop shared by the text-probe sections (niah, babi): train on a task mixture, score a task × length grid.
+
+Each model is trained from scratch on the probe's own distribution (tasks.md §2.2: small models do
+not follow instructions): one batch of one task per step, the tasks taking turns, at the training
+length and from the KJV *train* split. It is then scored at every evaluation length on the *test*
+split with both metrics of :mod:`nestlearn.eval.text` (greedy decoding and ranking).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from nestlearn.data.synthetic import derive_seed, generate
+from nestlearn.data.synthetic.base import TaskBatch
+from nestlearn.eval.suite.common import (
+    NAMES,
+    mean_std,
+    nonfinite,
+    pct,
+    progress,
+    pyplot,
+    suite_model,
+    train,
+    write_json,
+)
+
+METRICS = ("decoding", "ranking")
+
+
+@dataclass(frozen=True)
+class ProbeSettings:
+    """Attributes:
+        tasks: generator names, e.g. ``s_niah_1`` or ``babi_qa1``.
+        models: model families.
+        train_len: training length in bytes (the generator's ``seq_len``).
+        eval_lens: evaluation lengths in bytes.
+        samples: test samples per task and length.
+        steps, batch_size, lr: AdamW training (gradient clip 1.0).
+        d_model, n_layers: size of every model.
+        seeds: how many seeds (seed, seed + 1, …).
+        samples_per_pass: prompts read per forward at evaluation.
+    """
+
+    tasks: tuple[str, ...]
+    models: tuple[str, ...]
+    train_len: int
+    eval_lens: tuple[int, ...]
+    samples: int
+    steps: int
+    batch_size: int
+    lr: float
+    d_model: int
+    n_layers: int
+    seeds: int = 1
+    samples_per_pass: int = 8
+
+
+def run_probe(name: str, s: ProbeSettings, score: Callable[..., dict[str, Any]], out_dir: Path,
+              seed: int = 0) -> dict[str, Any]:
+    """Train every model of ``s`` and score it on every (task, length); writes ``{name}.json``."""
+    seeds = [seed + i for i in range(s.seeds)]
+    cells = len(s.tasks) * len(s.eval_lens)
+    bar = progress(len(seeds) * len(s.models) * (s.steps + cells), name)
+    t0 = time.perf_counter()
+    tests = {(t, n): generate(t, s.samples, derive_seed(seed, f"{name}/{t}/{n}/test"), seq_len=n, split="test")
+             for t in s.tasks for n in s.eval_lens}
+    # Attention models need max_seq_len past the longest prompt plus the decoded tokens, and past
+    # training rows whose story alone outgrows the training length (bAbI-style qa3).
+    longest = max([b.inputs.shape[1] for b in tests.values()] + [2048]) + 64
+    runs: dict[str, Any] = {}
+    for sd in seeds:
+        train_seed = derive_seed(sd, f"{name}/train")
+
+        def sample(step: int, train_seed: int = train_seed) -> TaskBatch:
+            task = s.tasks[step % len(s.tasks)]
+            return generate(task, s.batch_size, train_seed + step, seq_len=s.train_len, split="train")
+
+        per_model: dict[str, Any] = {}
+        for family in s.models:
+            model = suite_model(family, s.d_model, s.n_layers, longest, sample(0), sd)
+            t1 = time.perf_counter()
+            losses = train(model, sample, s.steps, s.lr, bar)
+            train_s = time.perf_counter() - t1
+            grid: dict[str, dict[str, Any]] = {}
+            for (task, n), batch in tests.items():
+                r = score(model, batch, s.samples_per_pass)
+                grid.setdefault(task, {})[str(n)] = {m: r[m] for m in METRICS} | {"examples": r["generated"][:3]}
+                bar.update(1)
+                bar.set_postfix_str(f"{family} {task} {n}: dec {r['decoding']:.2f} rank {r['ranking']:.2f}")
+            per_model[family] = {"grid": grid, "train_seconds": train_s, "eval_seconds": time.perf_counter() - t1 - train_s,
+                                 "nonfinite_steps": nonfinite(losses), "final_loss": losses[-1],
+                                 "losses": losses[:: max(1, len(losses) // 200)]}
+        runs[str(sd)] = per_model
+    bar.close()
+    result = {"settings": asdict(s), "seeds": seeds, "runs": runs, "seconds": time.perf_counter() - t0,
+              "test_widths": {f"{t}/{n}": b.inputs.shape[1] for (t, n), b in tests.items()}}
+    write_json(out_dir / f"{name}.json", result)
+    return result
+
+
+def cell(result: dict[str, Any], family: str, task: str, length: int, metric: str) -> tuple[float, float]:
+    """Mean and std over seeds of one score (a fraction)."""
+    return mean_std([r[family]["grid"][task][str(length)][metric] for r in result["runs"].values()])
+
+
+def task_mean(result: dict[str, Any], family: str, length: int, metric: str) -> float:
+    """Mean over the tasks of one model's score at one length."""
+    tasks = result["settings"]["tasks"]
+    return sum(cell(result, family, t, length, metric)[0] for t in tasks) / len(tasks)
+
+
+def grid_table(result: dict[str, Any], metric: str, label: Callable[[str], str]) -> str:
+    """Rows model × task, columns the evaluation lengths; percent."""
+    s = result["settings"]
+    lines = ["| model | task | " + " | ".join(str(n) for n in s["eval_lens"]) + " |",
+             "|---|---|" + "---|" * len(s["eval_lens"])]
+    for fam in s["models"]:
+        for t in s["tasks"]:
+            lines.append(f"| {NAMES[fam]} | {label(t)} | "
+                         + " | ".join(pct(*cell(result, fam, t, n, metric)) for n in s["eval_lens"]) + " |")
+    return "\n".join(lines)
+
+
+def training_line(result: dict[str, Any]) -> str:
+    first = next(iter(result["runs"].values()))
+    parts = []
+    for fam in result["settings"]["models"]:
+        r = first[fam]
+        nan = f", {r['nonfinite_steps']} NaN steps skipped" if r["nonfinite_steps"] else ""
+        parts.append(f"{NAMES[fam]} {r['train_seconds']:.0f} s train / {r['eval_seconds']:.0f} s eval, "
+                     f"final loss {r['final_loss']:.3f}{nan}")
+    return "- Per model (first seed): " + "; ".join(parts) + "."
+
+
+def plot_grid(result: dict[str, Any], path: Path, label: Callable[[str], str], xlabel: str) -> None:
+    """One panel per task: accuracy against length, ranking solid and decoding dashed, one colour per model."""
+    plt = pyplot()
+    s = result["settings"]
+    fig, axes = plt.subplots(1, len(s["tasks"]), figsize=(3.6 * len(s["tasks"]), 3.6), dpi=110, sharey=True,
+                             squeeze=False)
+    xs = list(range(len(s["eval_lens"])))
+    for ax, t in zip(axes[0], s["tasks"]):
+        for j, fam in enumerate(s["models"]):
+            color = f"C{j}"
+            for metric, style in (("ranking", "-"), ("decoding", "--")):
+                ys = [100 * cell(result, fam, t, n, metric)[0] for n in s["eval_lens"]]
+                ax.plot(xs, ys, style, color=color, marker="o", ms=3,
+                        label=f"{NAMES[fam]} ({metric})" if t == s["tasks"][0] else None)
+        ax.set_xticks(xs, [str(n) for n in s["eval_lens"]], rotation=30)
+        ax.set_title(label(t))
+        ax.set_xlabel(xlabel)
+        ax.set_ylim(-2, 102)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("accuracy (%)")
+    fig.legend(loc="center right", fontsize=7)
+    fig.tight_layout(rect=(0, 0, 0.8, 1))
+    fig.savefig(path)
+    plt.close(fig)

@@ -1,0 +1,53 @@
+"""Smoke tests of issue 4's benchmark scripts: quick mode on tiny models writes the expected JSON rows."""
+
+import importlib
+import json
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture
+def bench(monkeypatch):
+    """Import a script from benchmarks/ the way it runs (its folder on sys.path)."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    return lambda name: importlib.import_module(name)
+
+
+def test_hope_throughput_quick(bench, tmp_path):
+    out = tmp_path / "throughput.json"
+    bench("hope_throughput").main(["--quick", "--out", str(out)])
+    result = json.loads(out.read_text())
+    rows = result["rows"]
+    assert {(r["model"], r["seq_len"]) for r in rows} == {(m, s) for m in ("hope", "titans", "transformer") for s in (16, 32)}
+    assert all(r["tokens_per_s"] > 0 for r in rows)
+    assert all(r["ratio_vs_transformer"] == 1.0 for r in rows if r["model"] == "transformer")
+    assert set(result["non_embedding_params"]) == {"hope", "titans", "transformer"}
+    assert result["max_param_deviation"] < 0.25  # tiny widths step coarsely; hope-small's match is tighter
+
+
+def test_decode_quick(bench, tmp_path):
+    out = tmp_path / "decode.json"
+    bench("decode").main(["--quick", "--out", str(out)])
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["model"], r["length"]) for r in rows] == [(m, n) for n in (16, 32, 64) for m in ("hope", "transformer")]
+    hope = [r["state_bytes"] for r in rows if r["model"] == "hope"]
+    cache = [r["state_bytes"] for r in rows if r["model"] == "transformer"]
+    # The recurrent state has a fixed size; the KV cache grows with the context.
+    assert len(set(hope)) == 1 and cache == sorted(cache) and cache[-1] > cache[0]
+    assert all(r["context"] >= r["length"] and r["ms_per_token"] > 0 for r in rows)
+
+
+def test_write_section_between_markers(bench, tmp_path):
+    write_section = bench("hope_throughput").write_section
+    doc = tmp_path / "performance.md"
+    doc.write_text("# Performance\n\nintro\n")
+    markers = ("<!-- x:begin -->", "<!-- x:end -->")
+    write_section(doc, markers, "Heading", "table one")
+    write_section(doc, markers, "Heading", "table two")
+    text = doc.read_text()
+    assert text.count("## Heading") == 1 and text.count(markers[0]) == 1
+    assert "table two" in text and "table one" not in text and text.startswith("# Performance\n\nintro\n")
+

@@ -1,0 +1,106 @@
+"""benchmarks/run_all.py: the document keeps every block it does not rewrite; --only rewrites only its sections."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from nestlearn.eval.suite import Section
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def run_all():
+    spec = importlib.util.spec_from_file_location("run_all", ROOT / "benchmarks" / "run_all.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+OPTIMIZERS = "<!-- optimizers:begin -->\n## Optimisers\n\n| a | b |\n|---|---|\n| 1 | 2 |\n<!-- optimizers:end -->"
+DOC = f"# Results\n\nIntro text kept as is.\n\n{OPTIMIZERS}\n\nA footnote outside any block.\n"
+
+
+def fake(key, value, calls):
+    def section(quick, out_dir, seed=0):
+        calls.append((key, quick, seed))
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / f"results_{key}.png").write_bytes(b"png")
+        return Section(key, f"Title {key}", f"value {value}\n\n![plot](results_{key}.png)", {"value": value})
+    return section
+
+
+def test_replace_block_in_place_and_in_order(run_all):
+    text = run_all.update_document(DOC, "header", {"mqar": "M1", "formal": "F1"})
+    assert OPTIMIZERS in text and "Intro text kept as is." in text and "A footnote outside any block." in text
+    assert text.index("<!-- run_all:begin -->") < text.index("<!-- formal:begin -->") < text.index(
+        "<!-- mqar:begin -->") < text.index("<!-- optimizers:begin -->")
+    again = run_all.update_document(text, "header 2", {"mqar": "M2"})
+    assert "F1" in again and "M2" in again and "M1" not in again and "header 2" in again
+    assert again.replace("M2", "M1").replace("header 2", "header") == text
+    assert run_all.update_document(None, "h", {"niah": "N"}).startswith("# Results")
+
+
+def test_main_with_fake_sections_writes_document_plots_and_keeps_optimizers(run_all, tmp_path):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    results = docs / "results.md"
+    results.write_text(DOC)
+    calls = []
+    sections = {k: fake(k, i, calls) for i, k in enumerate(("formal", "mqar", "niah", "babi"))}
+    argv = ["--quick", "--only", "formal,mqar", "--out", str(tmp_path / "runs"), "--results", str(results), "--seed", "3"]
+    assert run_all.main(argv, sections=sections) == 0
+    assert calls == [("formal", True, 3), ("mqar", True, 3)]
+    text = results.read_text()
+    assert OPTIMIZERS in text and "## Title formal" in text and "value 1" in text and "niah" not in text
+    assert "--only formal,mqar" in text and "Seed: 3" in text
+    assert (docs / "results_formal.png").read_bytes() == b"png"
+    # Rerunning one section replaces only its block.
+    sections["formal"] = fake("formal", 42, calls)
+    assert run_all.main(["--only", "formal", "--out", str(tmp_path / "runs2"), "--results", str(results)],
+                        sections=sections) == 0
+    new = results.read_text()
+    assert "value 42" in new and "value 1" in new and OPTIMIZERS in new and "value 0" not in new
+    mqar_block = text[text.index("<!-- mqar:begin -->"):text.index("<!-- mqar:end -->")]
+    assert mqar_block in new
+
+
+def test_a_failing_section_keeps_its_old_block_and_fails_the_run(run_all, tmp_path):
+    results = tmp_path / "results.md"
+    results.write_text(DOC)
+    calls = []
+
+    def broken(quick, out_dir, seed=0):
+        raise RuntimeError("boom")
+
+    code = run_all.main(["--only", "formal,mqar", "--out", str(tmp_path / "r"), "--results", str(results)],
+                        sections={"formal": broken, "mqar": fake("mqar", 5, calls)})
+    assert code == 1 and "value 5" in results.read_text() and "failed: formal" in results.read_text()
+
+
+def test_unknown_section_is_refused(run_all):
+    with pytest.raises(SystemExit):
+        run_all.parse_args(["--only", "formal,nope"])
+
+
+def test_formal_section_in_the_test_setting(tmp_path):
+    from nestlearn.eval.suite import formal
+
+    sec = formal.section(False, tmp_path, 0, settings=formal.SETTINGS["test"])
+    assert sec.key == "formal" and (tmp_path / "results_formal.png").is_file()
+    data = json.loads((tmp_path / "formal.json").read_text())
+    cells = data["runs"]["0"]["parity"]
+    assert set(cells) >= {"lstm", "transformer"} and all(0 <= cells[m][b] <= 1 for m in ("lstm", "transformer")
+                                                         for b in ("bin0", "bin1"))
+    assert "| LSTM |" in sec.markdown and "Parity Bin1" in sec.markdown and "--only formal --seed 0" in sec.markdown
+
+
+def test_text_probe_section_in_the_test_setting(tmp_path):
+    from nestlearn.eval.suite import babi
+
+    sec = babi.section(False, tmp_path, 0, settings=babi.SETTINGS["test"])
+    grid = sec.data["runs"]["0"]["lstm"]["grid"]["babi_qa1"]
+    assert set(grid) == {"0", "256"} and all(0 <= grid[n][m] <= 1 for n in grid for m in ("decoding", "ranking"))
+    assert (tmp_path / "results_babi.png").is_file() and "| LSTM | qa1 |" in sec.markdown
