@@ -2,11 +2,11 @@
 
 Every family is built at the suite's size with the settings of the D22 "tiny" configs
 (configs/*-tiny.yaml): memory chunks of 16 tokens, CMS levels every 64 / 32 / 16 tokens. Hope
-additionally uses ``selfmod.v_norm = "l2"`` and ``selfmod.chunk_size_other = 16``
-[Interp, project choice]: with the binding defaults (v_norm "none", C_oth = 64) an untrained Hope's
-activations overflow to NaN within a few hundred tokens of KJV text, and even at v_norm "l2" with
-C_oth = 64 within about 500 tokens of a NIAH prompt, which would leave nothing to measure on the
-long-context probes.
+uses ``selfmod.eta_max = 0.3`` as the shipped Hope configs do, and ``selfmod.chunk_size_other = 16``
+[Interp, project choice]: with D8's η_max = 1 (and the then-default unnormalised v) an untrained
+Hope's activations overflowed to NaN within a few hundred tokens of KJV text, and at v_norm "l2"
+with C_oth = 64 within about 500 tokens of a NIAH prompt, which would leave nothing to measure on
+the long-context probes.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ _FAMILY_SETTINGS: dict[str, dict[str, Any]] = {
     "titans": {"chunk_size": 16},
     "deltanet": {"chunk_size": 16},
     "gated_deltanet": {"chunk_size": 16},
-    "hope": {"selfmod": {"chunk_size_memory": 16, "chunk_size_other": 16, "v_norm": "l2"},
+    "hope": {"selfmod": {"chunk_size_memory": 16, "chunk_size_other": 16, "eta_max": 0.3},
              "cms": {"chunk_sizes": [64, 32, 16]}},
     "hope_attention": {"cms": {"chunk_sizes": [64, 32, 16]}},
 }
