@@ -62,3 +62,13 @@ def test_corrupt_and_foreign_files(tmp_path):
     save_file({"w": torch.zeros(2)}, str(path))
     with pytest.raises(CheckpointError, match="not a nestlearn checkpoint"):
         ck.load_checkpoint(path)
+
+
+def test_a_weights_only_checkpoint_is_refused_for_resume(tmp_path, tiny_text):
+    from nestlearn.train import Trainer
+    from nestlearn.train.config import load_run_config
+
+    ck.save_checkpoint(tmp_path / "weights.safetensors", {"w": torch.zeros(2)}, {"config": {}, "step": 3})
+    cfg = load_run_config(None, [f"data.source={tiny_text}", f"train.out_dir={tmp_path / 'run'}"])
+    with pytest.raises(CheckpointError, match="model weights only"):
+        Trainer(cfg, resume=tmp_path / "weights.safetensors", progress=False)

@@ -130,6 +130,10 @@ class Trainer:
         ckpt_tensors, ckpt_meta = (None, None)
         if resume is not None:
             ckpt_tensors, ckpt_meta = load_checkpoint(resume)
+            if "optimizer" not in ckpt_meta or "rng" not in ckpt_meta:
+                raise CheckpointError(f"{resume} holds model weights only (no optimizer or data state, e.g. "
+                                      "converted from a Hugging Face folder), so it cannot be resumed; use it "
+                                      "with nestlearn eval / generate / learn, or start a new run")
             self._check_resume_config(ckpt_meta, allow_config_change, Path(resume))
         elif (self.out / CHECKPOINT).exists():
             raise ConfigError("train.out_dir", f"{self.out} already holds a checkpoint; continue it with "
