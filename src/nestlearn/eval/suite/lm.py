@@ -70,7 +70,7 @@ class Budget:
         selfmod_eta_max: η_max of the self-modifying memory (D8 allows (0, 1]); D8's default 1.0 with
             D9's data-dependent momentum diverged within 6 steps at training length 512 (lr 1e-3 and
             3e-3), 0.3 trained stably.
-        threads: torch threads per row.
+        threads: torch threads per row (one: at these widths a second thread costs more than it saves).
     """
 
     d_model: int
@@ -87,7 +87,7 @@ class Budget:
     step_periods: tuple[int, ...] = (16, 4, 1)
     selfmod_chunks: tuple[int, int] = (16, 64)
     selfmod_eta_max: float = 0.3
-    threads: int = 2
+    threads: int = 1
 
 
 QUICK = Budget(d_model=48, n_layers=2, seq_len=64, batch_size=4, steps=40, warmup_steps=5, lr=3e-3,
