@@ -203,6 +203,7 @@ def main(argv: list[str] | None = None, sections: dict[str, Callable] | None = N
         minutes = (time.perf_counter() - t0) / 60
         for name in image_links(sec.markdown):
             if (out / key / name).is_file():
+                (docs / name).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(out / key / name, docs / name)
             elif not (docs / name).is_file():
                 print(f"[run_all] {key}: image {name} not found in {out / key} or {docs}", file=sys.stderr)
