@@ -19,10 +19,9 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
-import time
 
 import torch
+from timing import interleaved_medians
 from torch import nn
 
 from nestlearn.layers.cms import CMS, CMSConfig
@@ -73,20 +72,6 @@ def step_fn(module: nn.Module, x: torch.Tensor):
         y, _ = module(x)
         y.square().mean().backward()
     return step
-
-
-def interleaved_medians(steps: dict[str, object], repeats: int, warmup: int) -> dict[str, float]:
-    """Median seconds per step of each function, timed in turns so that load changes hit all alike."""
-    for _ in range(warmup):
-        for fn in steps.values():
-            fn()
-    times: dict[str, list[float]] = {name: [] for name in steps}
-    for _ in range(repeats):
-        for name, fn in steps.items():
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
-    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def main(argv: list[str] | None = None) -> dict:

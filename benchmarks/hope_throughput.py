@@ -20,14 +20,13 @@ import argparse
 import datetime
 import json
 import platform
-import statistics
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from timing import interleaved_medians
 
 from nestlearn.models import CausalLM
 from nestlearn.models.lm import model_config_from_dict
@@ -92,20 +91,6 @@ def train_step_fn(model: CausalLM, batch: int, seq: int) -> Callable[[], None]:
         opt.zero_grad(set_to_none=True)
 
     return step
-
-
-def interleaved_medians(steps: dict[str, Callable[[], None]], repeats: int, warmup: int = 1) -> dict[str, float]:
-    """Median seconds per call of each function, timed in turn (one round = one call of each)."""
-    for _ in range(warmup):
-        for fn in steps.values():
-            fn()
-    times: dict[str, list[float]] = {name: [] for name in steps}
-    for _ in range(repeats):
-        for name, fn in steps.items():
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
-    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def run(lengths: list[int], tokens: int, repeats: int, quick: bool = False) -> dict:
