@@ -311,7 +311,9 @@ def markdown(summary: dict[str, Any], budget: Budget, command: str) -> str:
              "- *reset*: state reset per window of the training length (D18); *carried*: the validation text "
              "read as long streams with the state carried across windows (recurrent models only).",
              f"- tok/s: training tokens per second of the row's own process ({b.threads} torch thread(s)); "
-             "peak RSS: that process's peak resident memory (includes the Python and torch runtime).", ""]
+             "peak RSS: that process's peak resident memory (includes the Python and torch runtime). Rows may "
+             "run beside other jobs, so compare speed in docs/performance.md, where models are timed in turn.",
+             ""]
     models = summary.get("models", {})
     if models:
         lines += ["### Models at equal parameters and tokens", "",
