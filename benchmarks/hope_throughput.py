@@ -20,7 +20,6 @@ import argparse
 import datetime
 import json
 import platform
-import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -29,7 +28,8 @@ import torch
 from timing import interleaved_medians
 
 from nestlearn.models import CausalLM
-from nestlearn.models.lm import model_config_from_dict
+from nestlearn.models.lm import match_width, model_config_from_dict
+from nestlearn.provenance import git_commit
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs" / "performance.md"
@@ -50,19 +50,10 @@ def non_embedding_params(cfg: dict) -> int:
 
 
 def baseline_config(family: str, target: int, n_layers: int, max_seq_len: int, step: int = 16) -> dict:
-    """The width (multiple of ``step``, 4 heads) whose non-embedding parameter count is closest to ``target``.
-
-    Parameters grow monotonically with the width, so the search stops at the first width above it.
-    """
-    best, d = None, step
-    while True:
-        cfg = {"family": family, "d_model": d, "n_layers": n_layers, "n_heads": 4, "max_seq_len": max_seq_len}
-        n = non_embedding_params(cfg)
-        if best is None or abs(n - target) < abs(best[1] - target):
-            best = (cfg, n)
-        if n > target:
-            return best[0]
-        d += step
+    """The config (4 heads, width a multiple of ``step``) whose non-embedding parameter count is closest to ``target``."""
+    cfg = {"family": family, "n_layers": n_layers, "n_heads": 4, "max_seq_len": max_seq_len}
+    d, _ = match_width(cfg, target, step, vocab_size=VOCAB)
+    return {**cfg, "d_model": d}
 
 
 def equal_param_configs(quick: bool, max_seq_len: int) -> dict[str, dict]:
@@ -114,14 +105,9 @@ def run(lengths: list[int], tokens: int, repeats: int, quick: bool = False) -> d
 
 def environment() -> dict:
     """Hardware, software, date and commit of this run."""
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                                text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = "unknown"
     return {"hardware": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
             "torch": torch.__version__, "python": platform.python_version(),
-            "date": datetime.date.today().isoformat(), "commit": commit}
+            "date": datetime.date.today().isoformat(), "commit": git_commit() or "unknown"}
 
 
 def markdown(result: dict, command: str) -> str:

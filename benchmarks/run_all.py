@@ -28,7 +28,6 @@ import platform
 import re
 import shlex
 import shutil
-import subprocess
 import sys
 import time
 import traceback
@@ -36,6 +35,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+
+from nestlearn.provenance import git_commit
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTIONS = ("formal", "mqar", "niah", "babi", "continual", "lm")
@@ -121,15 +122,8 @@ def image_links(markdown: str) -> list[str]:
 
 
 def commit() -> str:
-    """Short commit id, with ``+dirty`` when the working tree has changes; "unknown" outside git."""
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True,
-                               check=True).stdout.strip()
-        return head + ("+dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+    """Short commit id, with ``+dirty`` when tracked files have changes; "unknown" outside git."""
+    return git_commit() or "unknown"
 
 
 def hardware() -> str:

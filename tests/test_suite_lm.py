@@ -2,19 +2,17 @@
 
 from dataclasses import replace
 
-import pytest
-
 from nestlearn.eval.suite.lm import (
     QUICK,
     choose_cms_signal,
     hope_model,
     markdown,
-    match_width,
     non_embedding_parameters,
     plan,
     run,
     summarise,
 )
+from nestlearn.models.lm import match_width
 
 
 def test_decision_rule_picks_lowest_bpb_unless_within_noise():
@@ -51,7 +49,7 @@ def test_micro_run_scores_every_model_and_writes_tables(tmp_path):
     summary = summarise(results)
     assert set(summary["models"]) == {"transformer", "titans", "hope_attention", "hope"}
     assert summary["models"]["transformer"]["carried"] is None
-    assert summary["models"]["hope"]["carried"] == pytest.approx(summary["models"]["hope"]["carried"])
+    assert 0 < summary["models"]["hope"]["carried"] < 9  # recurrent models are also scored with carried state
     for s in summary["models"].values():
         assert 0 < s["mean"] < 9 and s["tok_s"] > 0
     text = markdown(summary, budget, "cmd")

@@ -40,7 +40,13 @@ from nestlearn.data.tokenizer import ByteTokenizer
 from nestlearn.errors import ConfigError, DataError, NestlearnError, check_positive
 from nestlearn.eval.continual import continual_summary
 from nestlearn.eval.lm import evaluate_bpb
-from nestlearn.models.lm import CausalLM, LMConfig, families
+from nestlearn.models.lm import (
+    CausalLM,
+    LMConfig,
+    families,
+    match_width,
+    model_config_from_dict,
+)
 
 STDLIB_SKIP_DIRS = frozenset({"test", "tests", "idlelib", "site-packages", "__pycache__"})
 DOMAINS = ("kjv_old", "python_stdlib", "kjv_new")
@@ -144,18 +150,9 @@ def parameter_count(cfg: LMConfig) -> int:
 
 def matched_transformer(target: int, n_layers: int, seq_len: int, n_heads: int = 4) -> LMConfig:
     """Transformer++ whose width (a multiple of 2·n_heads) brings its parameter count closest to ``target``."""
-    cls = families()["transformer"]
-    best, best_gap = None, math.inf
-    step = 2 * n_heads
-    for d in range(step, 1025, step):
-        cfg = from_dict(cls, {"d_model": d, "n_layers": n_layers, "n_heads": n_heads, "max_seq_len": seq_len,
-                              "vocab_size": ByteTokenizer.vocab_size}, prefix="model")
-        gap = parameter_count(cfg) - target
-        if abs(gap) < best_gap:
-            best, best_gap = cfg, abs(gap)
-        if gap > 0:
-            break
-    return best
+    model = {"family": "transformer", "n_layers": n_layers, "n_heads": n_heads, "max_seq_len": seq_len}
+    d, _ = match_width(model, target, 2 * n_heads, non_embedding=False, vocab_size=ByteTokenizer.vocab_size)
+    return model_config_from_dict({**model, "d_model": d, "vocab_size": ByteTokenizer.vocab_size})
 
 
 def _ids(data: bytes) -> torch.Tensor:

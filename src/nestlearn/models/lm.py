@@ -299,3 +299,34 @@ def replace_config(cfg: LMConfig, **changes: Any) -> LMConfig:
     new = dataclasses.replace(cfg, **changes)
     new.validate()
     return new
+
+
+def match_width(model: dict[str, Any], target: int, step: int = 4, non_embedding: bool = True,
+                vocab_size: int = 256) -> tuple[int, int]:
+    """The ``d_model`` (a multiple of ``step`` that validates) whose parameter count is nearest ``target``.
+
+    Used to compare families at equal parameters. Counts grow with the width, so the search stops at
+    the first width above ``target``.
+
+    Args:
+        model: a model config dict without ``d_model`` (``family`` and the other fields).
+        target: the parameter count to match.
+        non_embedding: count without the embedding (and a tied head), else all parameters.
+
+    Returns:
+        (d_model, parameter count).
+    """
+    best: tuple[int, int] | None = None
+    d = step
+    while True:
+        try:
+            cfg = model_config_from_dict({**model, "d_model": d, "vocab_size": vocab_size})
+        except ConfigError:
+            d += step
+            continue
+        count = CausalLM(cfg).num_parameters(non_embedding=non_embedding)
+        if best is None or abs(count - target) < abs(best[1] - target):
+            best = (d, count)
+        if count > target:
+            return best
+        d += step

@@ -32,6 +32,7 @@ from typing import Any
 import torch
 
 from nestlearn.eval.suite import Section
+from nestlearn.models.lm import match_width
 
 SIGNALS = ("kv", "lss", "optimizer")
 
@@ -125,33 +126,6 @@ def non_embedding_parameters(model: dict[str, Any], vocab_size: int = 256) -> in
     from nestlearn.models.lm import CausalLM, model_config_from_dict
 
     return CausalLM(model_config_from_dict({**model, "vocab_size": vocab_size})).num_parameters(non_embedding=True)
-
-
-def match_width(model: dict[str, Any], target: int, step: int = 4) -> tuple[int, int]:
-    """The ``d_model`` (a multiple of ``step`` that validates) whose parameter count is nearest ``target``.
-
-    Args:
-        model: a model config dict without ``d_model``.
-        target: the non-embedding parameter count to match.
-
-    Returns:
-        (d_model, non-embedding parameters).
-    """
-    from nestlearn.errors import ConfigError
-
-    best: tuple[int, int] | None = None
-    d = step
-    while True:
-        try:
-            count = non_embedding_parameters({**model, "d_model": d})
-        except ConfigError:
-            d += step
-            continue
-        if best is None or abs(count - target) < abs(best[1] - target):
-            best = (d, count)
-        if count > target:
-            return best
-        d += step
 
 
 def plan(budget: Budget) -> list[Row]:
