@@ -16,6 +16,7 @@ Usage::
     python benchmarks/run_all.py                      # the CPU tier (hours on two cores)
     python benchmarks/run_all.py --quick              # smoke version, about ten minutes
     python benchmarks/run_all.py --only formal,mqar --seed 1
+    python benchmarks/run_all.py --only formal --jobs 2 --out runs/formal   # resumable: rerun to continue
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import importlib
+import inspect
 import os
 import platform
 import re
@@ -153,13 +155,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--only", default="", help=f"comma-separated subset of {', '.join(SECTIONS)}")
     parser.add_argument("--out", type=Path, default=None, help="run artefacts (default runs/results/<UTC time>)")
     parser.add_argument("--seed", type=int, default=0, help="base seed of every section")
-    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (per process)")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="processes for the sections that train independent cells in parallel (formal, mqar)")
     parser.add_argument("--results", type=Path, default=ROOT / "docs" / "results.md", help="the document to update")
     args = parser.parse_args(argv)
     keys = [k.strip() for k in args.only.split(",") if k.strip()] or list(SECTIONS)
     unknown = [k for k in keys if k not in SECTIONS]
     if unknown:
         parser.error(f"--only: unknown sections {unknown}; allowed: {', '.join(SECTIONS)}")
+    if args.jobs < 1:
+        parser.error(f"--jobs: must be a positive integer, got {args.jobs}")
     args.keys = keys
     return args
 
@@ -186,7 +192,8 @@ def main(argv: list[str] | None = None, sections: dict[str, Callable] | None = N
             continue
         t0 = time.perf_counter()
         try:
-            sec = fn(args.quick, out / key, args.seed)
+            extra = {"jobs": args.jobs} if "jobs" in inspect.signature(fn).parameters else {}
+            sec = fn(args.quick, out / key, args.seed, **extra)
         except NotImplementedError as err:
             print(f"[run_all] {key}: not implemented yet ({err}); skipped", file=sys.stderr)
             continue

@@ -104,3 +104,28 @@ def test_text_probe_section_in_the_test_setting(tmp_path):
     grid = sec.data["runs"]["0"]["lstm"]["grid"]["babi_qa1"]
     assert set(grid) == {"0", "256"} and all(0 <= grid[n][m] <= 1 for n in grid for m in ("decoding", "ranking"))
     assert (tmp_path / "results_babi.png").is_file() and "| LSTM | qa1 |" in sec.markdown
+
+
+def test_formal_cells_do_not_depend_on_jobs_and_resume(tmp_path, monkeypatch):
+    """Two processes give the cells of one; a second run reuses the stored cells instead of training."""
+    from nestlearn.eval.suite import common, formal
+
+    s = formal.SETTINGS["test"]
+    serial = formal.run(s, tmp_path / "serial", 0, jobs=1)
+    parallel = formal.run(s, tmp_path / "parallel", 0, jobs=2)
+    for lang in s.languages:
+        for fam in s.models:
+            a, b = serial["runs"]["0"][lang][fam], parallel["runs"]["0"][lang][fam]
+            assert (a["bin0"], a["bin1"], a["final_loss"], a["steps"]) == (b["bin0"], b["bin1"], b["final_loss"], b["steps"])
+
+    def refuse(*args):
+        raise AssertionError("a stored cell was trained again")
+
+    monkeypatch.setattr(formal, "run_cell", refuse)
+    again = formal.run(s, tmp_path / "serial", 0, jobs=1)
+    assert again["runs"] == serial["runs"]
+    # Changed settings invalidate the stored cells.
+    with pytest.raises(AssertionError, match="trained again"):
+        formal.run(formal.replace(s, steps=s.steps + 1), tmp_path / "serial", 0, jobs=1)
+    with pytest.raises(ValueError, match="jobs"):
+        common.run_cells(refuse, {}, {}, tmp_path, jobs=0)

@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import json
 import math
+import multiprocessing
+import os
 import statistics
 from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
@@ -94,8 +97,57 @@ def nonfinite(losses: Sequence[float]) -> int:
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
+    """Write ``data`` as JSON through a temporary file, so an interrupted run never leaves half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=1, default=str), encoding="utf-8")
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1, default=str), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _cached(path: Path, settings: dict[str, Any]) -> dict[str, Any] | None:
+    """The stored result of a cell run with the same settings, else None."""
+    if not path.is_file():
+        return None
+    stored = json.loads(path.read_text(encoding="utf-8"))
+    # Round-trip the settings through JSON so tuples compare equal to the stored lists.
+    return stored["result"] if stored.get("settings") == json.loads(json.dumps(settings)) else None
+
+
+def run_cells(fn: Callable[..., dict[str, Any]], cells: dict[str, tuple], settings: dict[str, Any],
+              cache_dir: Path, jobs: int = 1, desc: str = "cells") -> dict[str, dict[str, Any]]:
+    """``fn(*args)`` for every ``name -> args`` of ``cells``; resumable and optionally parallel.
+
+    Each result is stored as ``cache_dir/<name>.json`` together with ``settings``; a later call with
+    the same settings reuses it, so an interrupted run continues where it stopped. With ``jobs > 1``
+    the cells run in that many spawned processes with the caller's torch thread count; every cell
+    seeds its own model, so the results do not depend on ``jobs``. ``fn`` must be importable
+    (module level) for the processes to find it.
+    """
+    if jobs < 1:
+        raise ValueError(f"jobs must be a positive integer, got {jobs}")
+    path = {name: cache_dir / (name.replace("/", "_") + ".json") for name in cells}
+    done = {name: r for name in cells if (r := _cached(path[name], settings)) is not None}
+    todo = [name for name in cells if name not in done]
+    bar = tqdm(total=len(cells), initial=len(done), desc=desc, unit="run", dynamic_ncols=True)
+
+    def store(name: str, result: dict[str, Any]) -> None:
+        write_json(path[name], {"settings": settings, "result": result})
+        done[name] = result
+        bar.set_postfix_str(name)
+        bar.update(1)
+
+    if jobs == 1:
+        for name in todo:
+            store(name, fn(*cells[name]))
+    elif todo:
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(min(jobs, len(todo)), mp_context=ctx, initializer=torch.set_num_threads,
+                                 initargs=(torch.get_num_threads(),)) as pool:
+            futures = {pool.submit(fn, *cells[name]): name for name in todo}
+            for future in as_completed(futures):
+                store(futures[future], future.result())
+    bar.close()
+    return {name: done[name] for name in cells}
 
 
 def pyplot():
