@@ -107,3 +107,54 @@ def test_cms_signal_overrides_build_and_run(signal):
     out = model(x, targets=x)
     assert torch.isfinite(out.loss)
     assert any(k.startswith("cms.") for k in out.state.layers[0]) == (signal == "lss")
+
+
+def _test_module(name: str):
+    """A sibling test module, for its static-counterpart helpers (pytest runs with --import-mode=importlib)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_zero_inner_learning_rates_give_the_static_model():
+    """Every inner learning rate 0 (η ≡ 0, α ≡ 1 in each self-modifying block, CMS η_max = 0): Hope's logits
+    are those of the static network (every memory frozen at its meta-learned initial state), in one pass
+    and in a stream of segments with carried state."""
+    import torch.nn.functional as F
+
+    static_chain = _test_module("test_cms").static_chain
+    _static_block = _test_module("test_self_modifying")._static_block
+
+    def build(cms_eta_max: float) -> CausalLM:
+        torch.manual_seed(0)
+        model = CausalLM(tiny_config(cms={"chunk_sizes": [8, 4], "eta_max": cms_eta_max})).double()
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.05 * torch.randn_like(p))
+        return model
+
+    model, live = build(0.0), build(1.0)
+    with torch.no_grad():
+        for blk in model.blocks:
+            blk.selfmod.gate_bias[0].fill_(-math.inf)
+            blk.selfmod.gate_bias[1].fill_(math.inf)
+    tokens = torch.randint(0, 32, (2, 29))
+    with torch.no_grad():
+        x = model.embed(tokens)
+        for blk in model.blocks:
+            x = static_chain(blk.cms, x + _static_block(blk.selfmod, blk.mixer_norm(x)))
+        static = F.linear(model.norm(x), model.head_weight)
+        whole = model(tokens).logits
+        state, parts = None, []
+        for lo, hi in ((0, 5), (5, 18), (18, 29)):
+            out = model(tokens[:, lo:hi], state=state)
+            parts.append(out.logits)
+            state = out.state
+        learning = live(tokens).logits
+    assert (whole - static).abs().max().item() < 1e-12
+    assert (torch.cat(parts, dim=1) - static).abs().max().item() < 1e-12
+    # The same network with its learning rates on differs clearly: the comparison is not vacuous.
+    assert (learning - static).abs().max().item() > 1e-4

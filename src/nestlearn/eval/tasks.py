@@ -12,6 +12,8 @@ and scored as string accuracy: a string counts only when every position's set is
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Callable
 
 import torch
@@ -88,21 +90,27 @@ def fit_task(model: CausalLM, sample: Callable[[int], TaskBatch], steps: int, lr
         stop: called as ``stop(step, loss)`` after every step; returning True ends training early
             (e.g. once the training accuracy reaches 100 %, tasks.md §4).
 
-    A non-finite loss skips its update, so one diverging batch does not turn every weight into NaN;
-    the loss is still returned, so callers can report how many steps were skipped.
+    A step whose loss or gradient is not finite is skipped and returned as NaN, so one diverging
+    batch does not turn every weight into NaN and callers can count the skipped steps. (The gradient
+    can be non-finite under a finite loss: activations that overflow at positions outside the loss
+    get zero gradients, and zero times inf is NaN in the weight gradients.)
     """
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     losses = []
     model.train()
     for step in range(steps):
         loss = task_loss(model, sample(step))
         opt.zero_grad(set_to_none=True)
-        if torch.isfinite(loss):
+        value = loss.item()
+        if math.isfinite(value):
             loss.backward()
-            if clip is not None:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-            opt.step()
-        losses.append(loss.item())
+            norm = torch.nn.utils.clip_grad_norm_(params, math.inf if clip is None else clip)
+            if torch.isfinite(norm):
+                opt.step()
+            else:
+                value = math.nan
+        losses.append(value)
         if stop is not None and stop(step, losses[-1]):
             break
     return losses

@@ -67,6 +67,10 @@ class FormalSettings:
         steps: step budget per model and language; training stops earlier once the accuracy on the
             first ``check_size`` pool strings, measured every ``check_every`` steps, is 100 %.
         batch_size, lr: AdamW training (gradient clip 1.0).
+        by_length: every training batch holds strings of one length (so no padding), the length drawn
+            with the pool's frequencies. [Interp, project choice] Padded batches fed the models long
+            runs of the pad token after short strings, on which a Titans memory ran away to inf
+            outside the loss and, through zero-times-inf gradients, turned every weight into NaN.
         d_model, n_layers: size of every model.
         seeds: how many seeds (seed, seed + 1, …) per cell.
     """
@@ -80,6 +84,7 @@ class FormalSettings:
     check_every: int = 50
     check_size: int = 512
     batch_size: int = 32
+    by_length: bool = True
     lr: float = 3e-3
     d_model: int = 32
     n_layers: int = 2
@@ -98,8 +103,20 @@ SETTINGS = {
 
 
 def _rows(batch: TaskBatch, index: np.ndarray) -> TaskBatch:
-    return replace(batch, inputs=batch.inputs[index], targets=batch.targets[index],
-                   target_sets=batch.target_sets[index], meta={**batch.meta, "lengths": batch.meta["lengths"][index]})
+    """The strings ``index`` of ``batch``, trimmed to the longest of them (plus its start token)."""
+    lengths = batch.meta["lengths"][index]
+    width = int(lengths.max()) + 1
+    return replace(batch, inputs=batch.inputs[index, :width], targets=batch.targets[index, :width],
+                   target_sets=batch.target_sets[index, :width], meta={**batch.meta, "lengths": lengths})
+
+
+def batch_order(lengths: np.ndarray, batch_size: int, steps: int, by_length: bool,
+                rng: np.random.Generator) -> list[np.ndarray]:
+    """Pool rows of each training batch: uniform, or (``by_length``) all of the length of a uniformly drawn row."""
+    if not by_length:
+        return [rng.integers(0, len(lengths), size=batch_size) for _ in range(steps)]
+    rows = {int(n): np.flatnonzero(lengths == n) for n in np.unique(lengths)}
+    return [rng.choice(rows[int(lengths[a])], size=batch_size) for a in rng.integers(0, len(lengths), size=steps)]
 
 
 def _data(language: str, s: FormalSettings, seed: int) -> tuple[TaskBatch, dict[str, TaskBatch]]:
@@ -117,7 +134,7 @@ def run_cell(language: str, s: FormalSettings, seed: int, family: str) -> dict[s
     pool, bins = _data(language, s, seed)
     check = _rows(pool, np.arange(min(s.check_size, s.train_count)))
     rng = np.random.default_rng(derive_seed(seed, f"formal/{language}/batches"))
-    order = [rng.integers(0, s.train_count, size=s.batch_size) for _ in range(s.steps)]
+    order = batch_order(np.asarray(pool.meta["lengths"]), s.batch_size, s.steps, s.by_length, rng)
     longest = max(b.inputs.shape[1] for b in bins.values())
     model = suite_model(family, s.d_model, s.n_layers, longest, pool, seed)
     state: dict[str, Any] = {"train_accuracy": float("nan"), "solved_at": None}
@@ -264,7 +281,8 @@ def markdown(result: dict[str, Any], quick: bool, seed: int, plot_name: str) -> 
         (f"- Protocol (tasks.md §4): next-character-set prediction, string accuracy. Training lengths "
         f"{n_lo}–{n_hi} (pool of {s['train_count']:,} strings), Bin0 = {s['bin_count']} held-out strings in that range, "
         f"Bin1 = {s['bin_count']} strings of length {n_hi + 1}–{n_hi + 50}. Every model d_model {s['d_model']}, "
-        f"{s['n_layers']} layers; AdamW lr {s['lr']}, batch {s['batch_size']}, at most {s['steps']} steps, stopped "
+        f"{s['n_layers']} layers; AdamW lr {s['lr']}, batch {s['batch_size']}"
+        f"{' (strings of one length per batch, no padding)' if s.get('by_length') else ''}, at most {s['steps']} steps, stopped "
         f"once the first {s['check_size']} pool strings are all right (checked every {s['check_every']} steps)."),
         (f"- Bin0 strings that also occur in the training pool (seed {seed}; the degenerate languages have one string "
         f"per length): {overlap}."),
