@@ -5,6 +5,10 @@ turn at 512 bytes (KJV train split as background), scored on the test split at 0
 alone), 256, 512, 1K, 2K and 4K bytes with BABILong's decoding rule and with ranking over the
 task's answer set. The stories come from the project's own generator: results are "bAbI-style",
 never bAbI. The paper's BABILong result (spec §9.4) is figure-only, so only its claims are quoted.
+
+[Interp] The full setting trains 400 steps and scores 50 samples per task and length (tasks.md:
+100): Hope reads about 5K tokens/s on one core, so 100 samples × 5 tasks × 6 lengths alone would
+take half an hour per Hope model, and the whole suite has to fit in a few hours on two cores.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ MODELS = ("transformer", "titans", "gated_deltanet", "hope", "hope_attention")
 
 SETTINGS = {
     "full": ProbeSettings(tasks=TASKS, models=MODELS, train_len=512, eval_lens=(0, 256, 512, 1024, 2048, 4096),
-                          samples=100, steps=1000, batch_size=8, lr=3e-3, d_model=64, n_layers=2),
+                          samples=50, steps=400, batch_size=8, lr=3e-3, d_model=64, n_layers=2),
     "quick": ProbeSettings(tasks=TASKS, models=MODELS, train_len=512, eval_lens=(0, 512, 4096),
                            samples=2, steps=8, batch_size=4, lr=3e-3, d_model=32, n_layers=2, samples_per_pass=2),
     "test": ProbeSettings(tasks=("babi_qa1",), models=("transformer", "lstm"), train_len=0, eval_lens=(0, 256),
@@ -66,7 +70,7 @@ def claims(result: dict[str, Any]) -> list[str]:
 def markdown(result: dict[str, Any], quick: bool, seed: int, plot_name: str) -> str:
     s = result["settings"]
     lines = [f"- Command: `{command(KEY, quick, seed)}`",
-             f"- Seeds: {', '.join(map(str, result['seeds']))}; wall time {result['seconds'] / 60:.1f} min.",
+             f"- Seeds: {', '.join(map(str, result['seeds']))}; wall time {result['seconds'] / 60:.1f} min ({result['jobs']} process(es)).",
              (f"- Protocol (tasks.md §3): bAbI-style {', '.join(label(t) for t in s['tasks'])} (the project's own "
              f"generator), trained from scratch in turn at {s['train_len']} bytes of KJV train-split background, "
              f"{s['steps']} steps of batch {s['batch_size']}, AdamW lr {s['lr']}; every model d_model {s['d_model']}, "
@@ -88,12 +92,14 @@ def markdown(result: dict[str, Any], quick: bool, seed: int, plot_name: str) -> 
     return "\n".join(lines)
 
 
-def section(quick: bool, out_dir: Path, seed: int = 0, *, settings: ProbeSettings | None = None) -> Section:
-    """Run bAbI-style qa1–qa5 in haystacks and return the section of docs/results.md (``settings``: tests)."""
+def section(quick: bool, out_dir: Path, seed: int = 0, *, settings: ProbeSettings | None = None,
+            jobs: int = 1) -> Section:
+    """Run bAbI-style qa1–qa5 in haystacks and return the section of docs/results.md (``settings``: tests;
+    ``jobs`` processes train the model × seed cells, finished cells in ``out_dir/cells`` are reused)."""
     s = settings or SETTINGS["quick" if quick else "full"]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    result = run_probe(KEY, s, babi_scores, out_dir, seed)
+    result = run_probe(KEY, s, babi_scores, out_dir, seed, jobs)
     plot_name = "results_babi.png"
     plot_grid(result, out_dir / plot_name, label, "haystack length (bytes)")
     return Section(KEY, "bAbI-style qa1–qa5 in haystacks (BABILong-style)", markdown(result, quick, seed, plot_name),

@@ -21,7 +21,7 @@ import json
 import os
 import platform
 import time
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,7 @@ from nestlearn.eval.continual_mnist import (
     split_mnist_tasks,
 )
 from nestlearn.eval.suite import Section
+from nestlearn.eval.suite.common import run_cells
 
 KEY = "continual"
 TITLE = "Continual learning: Split/Permuted-MNIST-5k, in-context class-incremental, continual LM"
@@ -69,46 +70,56 @@ QUICK = Budget(mnist=MnistSettings(width=64), mnist_seeds=(0,), permuted_tasks=1
                                d_model=32, steps=250, batch_size=32, lr=1e-2, test_streams=128),
                lm=LMStreamSettings(d_model=32, n_layers=2, seq_len=64, batch_size=8, steps_per_stage=60,
                                    warmup=10, eval_bytes=4096))
+# [Interp] Sized so that the whole suite runs in a few hours on two cores: a Hope step costs about ten
+# Transformer++ steps on CPU, so meta-training and LM stages are shorter than a GPU run would use.
 FULL = Budget(mnist=MnistSettings(width=128), mnist_seeds=(0, 1, 2, 3, 4), permuted_tasks=10,
               icl=ICLSettings(ICLSpec(num_tasks=4, pairs_per_task=2, classes_per_task=2, num_keys=16),
-                              d_model=64, steps=3000, batch_size=32, lr=3e-3, test_streams=512),
-              lm=LMStreamSettings(d_model=64, n_layers=2, seq_len=128, batch_size=16, steps_per_stage=500,
-                                  warmup=50, eval_bytes=65536))
+                              d_model=64, steps=1500, batch_size=32, lr=3e-3, test_streams=512),
+              lm=LMStreamSettings(d_model=64, n_layers=2, seq_len=128, batch_size=16, steps_per_stage=200,
+                                  warmup=20, eval_bytes=65536))
 
 
 def _seeded(budget: Budget, seed: int) -> Budget:
     return replace(budget, mnist_seeds=tuple(s + seed for s in budget.mnist_seeds))
 
 
-def run(budget: Budget, out_dir: Path, seed: int = 0, parts: tuple[str, ...] = ("mnist", "icl", "lm")) -> dict[str, Any]:
-    """Run the requested benchmarks; returns their results with timings."""
+def run_part(budget: Budget, seed: int, part: str) -> dict[str, Any]:
+    """One benchmark: ``"mnist"`` (a), ``"icl"`` (b) or ``"lm"`` (c); its results with its timing."""
+    t0 = time.perf_counter()
+    if part == "mnist":
+        out = {"split_mnist": run_benchmark(split_mnist_tasks(seed), budget.mnist, budget.mnist_seeds, class_il=True),
+               "permuted_mnist": run_benchmark(permuted_mnist_tasks(seed, budget.permuted_tasks), budget.mnist,
+                                               budget.mnist_seeds, class_il=False),
+               "mnist_data": describe_mnist_5k()}
+    elif part == "icl":
+        out = {"icl": run_icl(budget.icl, seed)}
+    elif part == "lm":
+        out = {"lm": run_lm_benchmark(budget.lm, seed)}
+    else:
+        raise ValueError(f"part must be one of mnist, icl, lm; got {part!r}")
+    # Plain containers, so the result can be stored and reloaded; NaN stays a float (a diverged run).
+    return _jsonable({**out, f"{part}_seconds": time.perf_counter() - t0}, nan=float("nan"))
+
+
+def run(budget: Budget, out_dir: Path, seed: int = 0, parts: tuple[str, ...] = ("mnist", "icl", "lm"),
+        jobs: int = 1) -> dict[str, Any]:
+    """Run the requested benchmarks (``jobs`` processes; finished ones in ``out_dir/cells`` are reused)."""
+    cells = {part: (budget, seed, part) for part in parts}
+    settings = {"budget": _jsonable(asdict(budget)), "seed": seed}
     results: dict[str, Any] = {}
-    if "mnist" in parts:
-        t0 = time.perf_counter()
-        results["split_mnist"] = run_benchmark(split_mnist_tasks(seed), budget.mnist, budget.mnist_seeds, class_il=True)
-        results["permuted_mnist"] = run_benchmark(permuted_mnist_tasks(seed, budget.permuted_tasks), budget.mnist,
-                                                  budget.mnist_seeds, class_il=False)
-        results["mnist_data"] = describe_mnist_5k()
-        results["mnist_seconds"] = time.perf_counter() - t0
-    if "icl" in parts:
-        t0 = time.perf_counter()
-        results["icl"] = run_icl(budget.icl, seed)
-        results["icl_seconds"] = time.perf_counter() - t0
-    if "lm" in parts:
-        t0 = time.perf_counter()
-        results["lm"] = run_lm_benchmark(budget.lm, seed)
-        results["lm_seconds"] = time.perf_counter() - t0
+    for done in run_cells(run_part, cells, settings, Path(out_dir) / "cells", jobs, "continual").values():
+        results.update(done)
     return results
 
 
-def section(quick: bool, out_dir: Path, seed: int = 0) -> Section:
+def section(quick: bool, out_dir: Path, seed: int = 0, jobs: int = 1) -> Section:
     """Run the three benchmarks (``quick``: the smoke budget) and return the Markdown section."""
     budget = _seeded(QUICK if quick else FULL, seed)
     threads = torch.get_num_threads()
     torch.set_num_threads(budget.threads)
     try:
         t0 = time.perf_counter()
-        results = run(budget, Path(out_dir), seed)
+        results = run(budget, Path(out_dir), seed, jobs=jobs)
         wall = time.perf_counter() - t0
     finally:
         torch.set_num_threads(threads)
@@ -117,7 +128,7 @@ def section(quick: bool, out_dir: Path, seed: int = 0) -> Section:
     plots = write_plots(results, out)
     command = "python benchmarks/run_all.py --only continual" + (" --quick" if quick else "") + (f" --seed {seed}" if seed else "")
     meta = {"command": command, "seed": seed, "quick": quick, "wall_s": wall, "platform": platform.platform(),
-            "torch": torch.__version__, "threads": budget.threads, "cpu_count": os.cpu_count(),
+            "torch": torch.__version__, "threads": budget.threads, "jobs": jobs, "cpu_count": os.cpu_count(),
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     (out / "continual_results.json").write_text(json.dumps({"meta": meta, **_jsonable(results)}, indent=1), encoding="utf-8")
     links = {name: _link(path, Path(out_dir)) for name, path in plots.items()}
@@ -328,15 +339,16 @@ def _link(path: Path, out_dir: Path) -> str:
     return Path(os.path.relpath(path.resolve(), base)).as_posix()
 
 
-def _jsonable(obj: Any) -> Any:
+def _jsonable(obj: Any, nan: Any = None) -> Any:
+    """Plain Python containers and numbers; non-finite floats become ``nan`` (None: strict JSON)."""
     if isinstance(obj, dict):
-        return {k: _jsonable(v) for k, v in obj.items()}
+        return {k: _jsonable(v, nan) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
+        return [_jsonable(v, nan) for v in obj]
     if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
+        return _jsonable(obj.tolist(), nan)
     if isinstance(obj, (np.floating, float)):
-        return None if not np.isfinite(obj) else float(obj)
+        return nan if not np.isfinite(obj) else float(obj)
     if isinstance(obj, np.integer):
         return int(obj)
     return obj

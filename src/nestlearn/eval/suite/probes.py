@@ -21,12 +21,12 @@ from nestlearn.eval.suite.common import (
     mean_std,
     nonfinite,
     pct,
-    progress,
     pyplot,
+    run_cells,
     suite_model,
-    train,
     write_json,
 )
+from nestlearn.eval.tasks import fit_task
 
 METRICS = ("decoding", "ranking")
 
@@ -59,45 +59,50 @@ class ProbeSettings:
     samples_per_pass: int = 8
 
 
-def run_probe(name: str, s: ProbeSettings, score: Callable[..., dict[str, Any]], out_dir: Path,
-              seed: int = 0) -> dict[str, Any]:
-    """Train every model of ``s`` and score it on every (task, length); writes ``{name}.json``."""
-    seeds = [seed + i for i in range(s.seeds)]
-    cells = len(s.tasks) * len(s.eval_lens)
-    bar = progress(len(seeds) * len(s.models) * (s.steps + cells), name)
-    t0 = time.perf_counter()
-    tests = {(t, n): generate(t, s.samples, derive_seed(seed, f"{name}/{t}/{n}/test"), seq_len=n, split="test")
-             for t in s.tasks for n in s.eval_lens}
+def _tests(name: str, s: ProbeSettings, seed: int) -> dict[tuple[str, int], TaskBatch]:
+    """The test batch of every (task, evaluation length)."""
+    return {(t, n): generate(t, s.samples, derive_seed(seed, f"{name}/{t}/{n}/test"), seq_len=n, split="test")
+            for t in s.tasks for n in s.eval_lens}
+
+
+def run_cell(name: str, s: ProbeSettings, score: Callable[..., dict[str, Any]], seed: int, family: str,
+             base_seed: int) -> dict[str, Any]:
+    """Train one model (seed ``seed``) on the task mixture, then score it on every (task, length)."""
+    tests = _tests(name, s, base_seed)
     # Attention models need max_seq_len past the longest prompt plus the decoded tokens, and past
     # training rows whose story alone outgrows the training length (bAbI-style qa3).
     longest = max([b.inputs.shape[1] for b in tests.values()] + [2048]) + 64
-    runs: dict[str, Any] = {}
-    for sd in seeds:
-        train_seed = derive_seed(sd, f"{name}/train")
+    train_seed = derive_seed(seed, f"{name}/train")
 
-        def sample(step: int, train_seed: int = train_seed) -> TaskBatch:
-            task = s.tasks[step % len(s.tasks)]
-            return generate(task, s.batch_size, train_seed + step, seq_len=s.train_len, split="train")
+    def sample(step: int) -> TaskBatch:
+        task = s.tasks[step % len(s.tasks)]
+        return generate(task, s.batch_size, train_seed + step, seq_len=s.train_len, split="train")
 
-        per_model: dict[str, Any] = {}
-        for family in s.models:
-            model = suite_model(family, s.d_model, s.n_layers, longest, sample(0), sd)
-            t1 = time.perf_counter()
-            losses = train(model, sample, s.steps, s.lr, bar)
-            train_s = time.perf_counter() - t1
-            grid: dict[str, dict[str, Any]] = {}
-            for (task, n), batch in tests.items():
-                r = score(model, batch, s.samples_per_pass)
-                grid.setdefault(task, {})[str(n)] = {m: r[m] for m in METRICS} | {"examples": r["generated"][:3]}
-                bar.update(1)
-                bar.set_postfix_str(f"{family} {task} {n}: dec {r['decoding']:.2f} rank {r['ranking']:.2f}")
-            per_model[family] = {"grid": grid, "train_seconds": train_s, "eval_seconds": time.perf_counter() - t1 - train_s,
-                                 "nonfinite_steps": nonfinite(losses), "final_loss": losses[-1],
-                                 "losses": losses[:: max(1, len(losses) // 200)]}
-        runs[str(sd)] = per_model
-    bar.close()
+    model = suite_model(family, s.d_model, s.n_layers, longest, sample(0), seed)
+    t0 = time.perf_counter()
+    losses = fit_task(model, sample, s.steps, s.lr, clip=1.0)
+    train_s = time.perf_counter() - t0
+    grid: dict[str, dict[str, Any]] = {}
+    for (task, n), batch in tests.items():
+        r = score(model, batch, s.samples_per_pass)
+        grid.setdefault(task, {})[str(n)] = {m: r[m] for m in METRICS} | {"examples": r["generated"][:3]}
+    return {"grid": grid, "train_seconds": train_s, "eval_seconds": time.perf_counter() - t0 - train_s,
+            "nonfinite_steps": nonfinite(losses), "final_loss": losses[-1],
+            "losses": losses[:: max(1, len(losses) // 200)]}
+
+
+def run_probe(name: str, s: ProbeSettings, score: Callable[..., dict[str, Any]], out_dir: Path,
+              seed: int = 0, jobs: int = 1) -> dict[str, Any]:
+    """Train every model × seed of ``s`` and score it on every (task, length), in ``jobs`` processes
+    (``score`` must be a module-level function), reusing finished cells; writes ``{name}.json``."""
+    seeds = [seed + i for i in range(s.seeds)]
+    cells = {f"{sd}/{fam}": (name, s, score, sd, fam, seed) for sd in seeds for fam in s.models}
+    t0 = time.perf_counter()
+    done = run_cells(run_cell, cells, {"settings": asdict(s), "score": score.__qualname__},
+                     out_dir / "cells", jobs, name)
+    runs = {str(sd): {fam: done[f"{sd}/{fam}"] for fam in s.models} for sd in seeds}
     result = {"settings": asdict(s), "seeds": seeds, "runs": runs, "seconds": time.perf_counter() - t0,
-              "test_widths": {f"{t}/{n}": b.inputs.shape[1] for (t, n), b in tests.items()}}
+              "jobs": jobs, "test_widths": {f"{t}/{n}": b.inputs.shape[1] for (t, n), b in _tests(name, s, seed).items()}}
     write_json(out_dir / f"{name}.json", result)
     return result
 
