@@ -32,12 +32,10 @@ from typing import Any
 import torch
 
 from nestlearn.eval.suite import Section
+from nestlearn.eval.suite.common import TITANS_GATES
 from nestlearn.models.lm import match_width
 
 SIGNALS = ("kv", "lss", "optimizer")
-# [Interp, project choice] Titans' inner-step gate bounded as in the task sections
-# (nestlearn.eval.suite.common): at its defaults it overflowed at the training length 512.
-TITANS_GATES = {"eta_max": 0.1, "eta_init": 0.05}
 
 # Table 6 of NL-L (spec §9.8): average perplexity / accuracy of the 1.3B models.
 PAPER_TABLE6 = {"hope": (12.24, 58.1), "no_dgd": (13.41, 56.5), "no_momentum": (13.58, 56.9),
@@ -137,6 +135,7 @@ def plan(budget: Budget) -> list[Row]:
     target = non_embedding_parameters(hope)
     rows = []
     for family, label in (("transformer", "Transformer++"), ("titans", "Titans"), ("hope_attention", "Hope-Attention")):
+        # Titans' inner step bounded as in the task sections [Interp, nestlearn.eval.suite.common].
         extra = {"cms": {"chunk_sizes": list(budget.chunk_sizes)}} if family == "hope_attention" else \
             TITANS_GATES if family == "titans" else {}
         model = {"family": family, "n_layers": budget.n_layers, "max_seq_len": budget.seq_len, **extra}
