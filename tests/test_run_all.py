@@ -129,3 +129,21 @@ def test_formal_cells_do_not_depend_on_jobs_and_resume(tmp_path, monkeypatch):
         formal.run(formal.replace(s, steps=s.steps + 1), tmp_path / "serial", 0, jobs=1)
     with pytest.raises(ValueError, match="jobs"):
         common.run_cells(refuse, {}, {}, tmp_path, jobs=0)
+
+
+def test_probe_status_lines_name_diverged_models_and_models_at_chance():
+    from nestlearn.eval.suite.probes import status_lines
+
+    def model(score, loss):
+        grid = {"t": {str(n): {"ranking": score, "decoding": 0.0} for n in (512, 1024)}}
+        return {"grid": grid, "final_loss": loss, "nonfinite_steps": 0 if loss == loss else 7}
+
+    settings = {"models": ["transformer", "titans", "hope"], "tasks": ["t"], "eval_lens": [512, 1024],
+                "samples": 100, "steps": 50}
+    result = {"settings": settings, "runs": {"0": {"transformer": model(0.12, 2.0), "titans": model(0.9, 1.0),
+                                                   "hope": model(0.0, float("nan"))}}}
+    lines = status_lines(result, chance=0.1)
+    assert lines[0].startswith("- Diverged") and "Hope (7 of 50 steps skipped)" in lines[0]
+    # Two standard errors above 10 % at n = 100 is 16 %: 12 % is chance, 90 % is not.
+    assert "16.0 %" in lines[1] and "Transformer++" in lines[1] and "Titans" not in lines[1]
+    assert status_lines(result) == lines[:1]

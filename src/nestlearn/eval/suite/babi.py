@@ -21,9 +21,11 @@ from nestlearn.eval.suite import Section
 from nestlearn.eval.suite.common import NAMES, command, pct
 from nestlearn.eval.suite.probes import (
     ProbeSettings,
+    compute_minutes,
     grid_table,
     plot_grid,
     run_probe,
+    status_lines,
     task_mean,
     training_line,
 )
@@ -64,13 +66,13 @@ def claims(result: dict[str, Any]) -> list[str]:
                 if task_mean(result, "hope", lens[-1], "ranking") > task_mean(result, f, lens[-1], "ranking")]
         out.append(f"- At {lens[-1]} bytes Hope's mean ranking accuracy is above: "
                    + (", ".join(beat) if beat else "none of the other models") + ".")
-    return out
+    return out + status_lines(result)
 
 
 def markdown(result: dict[str, Any], quick: bool, seed: int, plot_name: str) -> str:
     s = result["settings"]
     lines = [f"- Command: `{command(KEY, quick, seed)}`",
-             f"- Seeds: {', '.join(map(str, result['seeds']))}; wall time {result['seconds'] / 60:.1f} min ({result['jobs']} process(es)).",
+             f"- Seeds: {', '.join(map(str, result['seeds']))}; {compute_minutes(result):.1f} CPU-min of training and scoring.",
              (f"- Protocol (tasks.md §3): bAbI-style {', '.join(label(t) for t in s['tasks'])} (the project's own "
              f"generator), trained from scratch in turn at {s['train_len']} bytes of KJV train-split background, "
              f"{s['steps']} steps of batch {s['batch_size']}, AdamW lr {s['lr']}; every model d_model {s['d_model']}, "

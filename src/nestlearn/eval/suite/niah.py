@@ -24,9 +24,11 @@ from nestlearn.eval.suite.common import NAMES, command, pct
 from nestlearn.eval.suite.probes import (
     ProbeSettings,
     cell,
+    compute_minutes,
     grid_table,
     plot_grid,
     run_probe,
+    status_lines,
     training_line,
 )
 from nestlearn.eval.text import niah_scores
@@ -70,7 +72,7 @@ def claims(result: dict[str, Any]) -> list[str]:
             out.append(f"- Hope ranks better than {NAMES[f]} in {wins} of {len(s['tasks']) * len(s['eval_lens'])} "
                        "task × length cells (paper, at 4K–16K: Hope ≥ Titans on every S-NIAH cell but one, "
                        "and ≥ Transformer on S-NIAH-1, below it on S-NIAH-2/3 at 8K–16K).")
-    return out
+    return out + status_lines(result, chance=0.1)
 
 
 def paper_table() -> str:
@@ -84,7 +86,7 @@ def markdown(result: dict[str, Any], quick: bool, seed: int, plot_name: str) -> 
     s = result["settings"]
     label = LABELS.get
     lines = [f"- Command: `{command(KEY, quick, seed)}`",
-             f"- Seeds: {', '.join(map(str, result['seeds']))}; wall time {result['seconds'] / 60:.1f} min ({result['jobs']} process(es)).",
+             f"- Seeds: {', '.join(map(str, result['seeds']))}; {compute_minutes(result):.1f} CPU-min of training and scoring.",
              (f"- Protocol (tasks.md §2.2): byte-level, trained from scratch on {', '.join(label(t, t) for t in s['tasks'])} "
              f"in turn at {s['train_len']} bytes (KJV train split), {s['steps']} steps of batch {s['batch_size']}, AdamW "
              f"lr {s['lr']}; every model d_model {s['d_model']}, {s['n_layers']} layers. Scored on the KJV test split, "

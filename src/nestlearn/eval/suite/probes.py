@@ -8,6 +8,7 @@ split with both metrics of :mod:`nestlearn.eval.text` (greedy decoding and ranki
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -139,6 +140,32 @@ def training_line(result: dict[str, Any]) -> str:
         parts.append(f"{NAMES[fam]} {r['train_seconds']:.0f} s train / {r['eval_seconds']:.0f} s eval, "
                      f"final loss {r['final_loss']:.3f}{nan}")
     return "- Per model (first seed): " + "; ".join(parts) + "."
+
+
+def compute_minutes(result: dict[str, Any]) -> float:
+    """Training plus scoring time of every cell, in CPU-minutes (cells may come from earlier runs)."""
+    return sum(r["train_seconds"] + r["eval_seconds"] for run in result["runs"].values() for r in run.values()) / 60
+
+
+def status_lines(result: dict[str, Any], chance: float | None = None) -> list[str]:
+    """Which models diverged (non-finite final loss) and, given a uniform ``chance`` level, which score
+    at chance: ranking accuracy within two binomial standard errors of it in every cell."""
+    s = result["settings"]
+    first = next(iter(result["runs"].values()))
+    out = []
+    diverged = [f for f in s["models"] if not math.isfinite(first[f]["final_loss"])]
+    if diverged:
+        out.append("- Diverged in training (non-finite final loss, so non-finite scores, counted as wrong): "
+                   + ", ".join(f"{NAMES[f]} ({first[f]['nonfinite_steps']} of {s['steps']} steps skipped)"
+                               for f in diverged) + ".")
+    if chance is not None:
+        bound = chance + 2 * math.sqrt(chance * (1 - chance) / s["samples"])
+        flat = [f for f in s["models"] if f not in diverged and all(
+            cell(result, f, t, n, "ranking")[0] <= bound for t in s["tasks"] for n in s["eval_lens"])]
+        if flat:
+            out.append(f"- At chance in every cell (ranking ≤ {pct(bound)} %, two standard errors above {pct(chance)} %): "
+                       + ", ".join(NAMES[f] for f in flat) + ".")
+    return out
 
 
 def plot_grid(result: dict[str, Any], path: Path, label: Callable[[str], str], xlabel: str) -> None:
