@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from nestlearn.config import from_dict
 from nestlearn.data.synthetic.base import TaskBatch
-from nestlearn.eval.tasks import fit_task, task_model
+from nestlearn.eval.tasks import task_model
 from nestlearn.models.lm import CausalLM, LMConfig, families
 
 NAMES = {"lstm": "LSTM", "transformer": "Transformer++", "titans": "Titans", "deltanet": "DeltaNet",
@@ -60,21 +60,6 @@ def suite_model(family: str, d_model: int, n_layers: int, max_seq_len: int, exam
     """A freshly initialised model (``torch.manual_seed(seed)``) sized for the task of ``example``."""
     torch.manual_seed(seed)
     return task_model(suite_config(family, d_model, n_layers, max_seq_len), example)
-
-
-def train(model: CausalLM, sample: Callable[[int], TaskBatch], steps: int, lr: float, bar: tqdm,
-          stop: Callable[[int, float], bool] | None = None) -> list[float]:
-    """:func:`nestlearn.eval.tasks.fit_task` (gradient clip 1.0) advancing ``bar`` by one per step."""
-
-    def counted(step: int) -> TaskBatch:
-        bar.update(1)
-        return sample(step)
-
-    return fit_task(model, counted, steps, lr, clip=1.0, stop=stop)
-
-
-def progress(total: int, desc: str) -> tqdm:
-    return tqdm(total=total, desc=desc, unit="step", dynamic_ncols=True)
 
 
 def command(key: str, quick: bool, seed: int) -> str:
@@ -125,7 +110,8 @@ def run_cells(fn: Callable[..., dict[str, Any]], cells: dict[str, tuple], settin
     """``fn(*args)`` for every ``name -> args`` of ``cells``; resumable and optionally parallel.
 
     Each result is stored as ``cache_dir/<name>.json`` together with ``settings``; a later call with
-    the same settings reuses it, so an interrupted run continues where it stopped. With ``jobs > 1``
+    the same settings reuses it, so an interrupted run continues where it stopped. The key is the
+    settings, not the code: delete the folder after changing a model. With ``jobs > 1``
     the cells run in that many spawned processes with the caller's torch thread count; every cell
     seeds its own model, so the results do not depend on ``jobs``. ``fn`` must be importable
     (module level) for the processes to find it.
