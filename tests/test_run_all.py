@@ -124,6 +124,9 @@ def test_formal_cells_do_not_depend_on_jobs_and_resume(tmp_path, monkeypatch):
     monkeypatch.setattr(formal, "run_cell", refuse)
     again = formal.run(s, tmp_path / "serial", 0, jobs=1)
     assert again["runs"] == serial["runs"]
+    # A subset of the models (or languages, or seeds) reuses the cells it shares.
+    subset = formal.run(formal.replace(s, models=s.models[1:]), tmp_path / "serial", 0, jobs=1)
+    assert subset["runs"]["0"][s.languages[0]][s.models[1]] == serial["runs"]["0"][s.languages[0]][s.models[1]]
     # Changed settings invalidate the stored cells.
     with pytest.raises(AssertionError, match="trained again"):
         formal.run(formal.replace(s, steps=s.steps + 1), tmp_path / "serial", 0, jobs=1)

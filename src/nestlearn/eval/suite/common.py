@@ -96,22 +96,29 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def _cached(path: Path, settings: dict[str, Any]) -> dict[str, Any] | None:
-    """The stored result of a cell run with the same settings, else None."""
+def _cached(path: Path, settings: dict[str, Any], ignore: tuple[str, ...]) -> dict[str, Any] | None:
+    """The stored result of a cell run with the same settings (up to the ``ignore`` fields), else None."""
     if not path.is_file():
         return None
     stored = json.loads(path.read_text(encoding="utf-8"))
-    # Round-trip the settings through JSON so tuples compare equal to the stored lists.
-    return stored["result"] if stored.get("settings") == json.loads(json.dumps(settings)) else None
+
+    def key(s: dict[str, Any] | None) -> dict[str, Any] | None:
+        # Round-trip through JSON so tuples compare equal to the stored lists.
+        return None if s is None else {k: v for k, v in json.loads(json.dumps(s)).items() if k not in ignore}
+
+    return stored["result"] if key(stored.get("settings")) == key(settings) else None
 
 
 def run_cells(fn: Callable[..., dict[str, Any]], cells: dict[str, tuple], settings: dict[str, Any],
-              cache_dir: Path, jobs: int = 1, desc: str = "cells") -> dict[str, dict[str, Any]]:
+              cache_dir: Path, jobs: int = 1, desc: str = "cells",
+              ignore: tuple[str, ...] = ()) -> dict[str, dict[str, Any]]:
     """``fn(*args)`` for every ``name -> args`` of ``cells``; resumable and optionally parallel.
 
     Each result is stored as ``cache_dir/<name>.json`` together with ``settings``; a later call with
-    the same settings reuses it, so an interrupted run continues where it stopped. The key is the
-    settings, not the code: delete the folder after changing a model. With ``jobs > 1``
+    the same settings, apart from the fields in ``ignore`` (those that only choose which cells run,
+    such as the list of models), reuses it, so an interrupted run continues where it stopped and a
+    run of a subset reuses the cells it shares. The key is the settings, not the code: delete the
+    folder after changing a model. With ``jobs > 1``
     the cells run in that many spawned processes with the caller's torch thread count; every cell
     seeds its own model, so the results do not depend on ``jobs``. ``fn`` must be importable
     (module level) for the processes to find it.
@@ -119,7 +126,7 @@ def run_cells(fn: Callable[..., dict[str, Any]], cells: dict[str, tuple], settin
     if jobs < 1:
         raise ValueError(f"jobs must be a positive integer, got {jobs}")
     path = {name: cache_dir / (name.replace("/", "_") + ".json") for name in cells}
-    done = {name: r for name in cells if (r := _cached(path[name], settings)) is not None}
+    done = {name: r for name in cells if (r := _cached(path[name], settings, ignore)) is not None}
     todo = [name for name in cells if name not in done]
     bar = tqdm(total=len(cells), initial=len(done), desc=desc, unit="run", dynamic_ncols=True)
 

@@ -160,7 +160,8 @@ def run(s: FormalSettings, out_dir: Path, seed: int = 0, jobs: int = 1) -> dict[
     seeds = [seed + i for i in range(s.seeds)]
     cells = {f"{sd}/{lang}/{fam}": (lang, s, sd, fam) for sd in seeds for lang in s.languages for fam in s.models}
     t0 = time.perf_counter()
-    done = run_cells(run_cell, cells, asdict(s), out_dir / "cells", jobs, "formal languages")
+    done = run_cells(run_cell, cells, asdict(s), out_dir / "cells", jobs, "formal languages",
+                     ignore=("languages", "models", "seeds"))
     runs: dict[str, Any] = {}
     for sd in seeds:
         runs[str(sd)] = {}

@@ -104,7 +104,7 @@ def run(s: MQARSettings, out_dir: Path, seed: int = 0, jobs: int = 1) -> dict[st
     seeds = [seed + i for i in range(s.seeds)]
     cells = {f"{sd}/{fam}": (s, sd, fam) for sd in seeds for fam in s.models}
     t0 = time.perf_counter()
-    done = run_cells(run_cell, cells, asdict(s), out_dir / "cells", jobs, "mqar")
+    done = run_cells(run_cell, cells, asdict(s), out_dir / "cells", jobs, "mqar", ignore=("models", "seeds"))
     runs = {str(sd): {fam: done[f"{sd}/{fam}"] for fam in s.models} for sd in seeds}
     result = {"settings": asdict(s), "seeds": seeds, "runs": runs, "seconds": time.perf_counter() - t0,
               "train_seconds": sum(r["seconds"] for r in done.values()), "jobs": jobs}
