@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None, sections: dict[str, Callable] | None = N
             elif not (docs / name).is_file():
                 print(f"[run_all] {key}: image {name} not found in {out / key} or {docs}", file=sys.stderr)
         run_line = (f"_Run {stamp} by `{cmd}`{' (quick)' if args.quick else ''}, seed {args.seed}, commit "
-                    f"{rev}, {minutes:.1f} min; artefacts in `{os.path.relpath(out / key, ROOT)}`._")
+                    f"{rev}, {minutes:.1f} min in this invocation (stored cells are reused); artefacts in `{os.path.relpath(out / key, ROOT)}`._")
         bodies[key] = f"## {sec.title}\n\n{run_line}\n\n{sec.markdown.strip()}\n"
         print(f"[run_all] {key}: done in {minutes:.1f} min", file=sys.stderr)
     header = "\n".join([

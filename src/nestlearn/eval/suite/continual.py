@@ -175,7 +175,8 @@ def markdown(results: dict[str, Any], meta: dict[str, Any], links: dict[str, str
               (f"- Command: `{meta['command']}` ({'quick smoke budget' if meta['quick'] else 'CPU tier'}); "
               f"alone: `python -m nestlearn.eval.suite.continual{' --quick' if meta['quick'] else ''}`."),
               (f"- Seed {meta['seed']}; {meta['date']}; `{meta['platform']}`, {meta['cpu_count']} CPUs, "
-              f"torch {meta['torch']} with {meta['threads']} thread(s); wall time {meta['wall_s']:.0f} s ({timing})."),
+              f"torch {meta['torch']} with {meta['threads']} thread(s); compute per benchmark: {timing} "
+              f"(wall time of this invocation {meta['wall_s']:.0f} s; stored benchmarks are reused)."),
               "- Numbers: `continual/continual_results.json` (full R and b of every run)."]
     return "\n".join(lines) + "\n"
 
