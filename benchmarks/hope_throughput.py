@@ -5,7 +5,10 @@ Transformer++ get the same depth and the width whose non-embedding parameter cou
 Hope's (printed; within 5 % by construction of the search). Each training step is forward, backward
 and an AdamW step on random byte tokens, ``--tokens`` tokens per step (batch = tokens / seq). For
 every sequence length the three models are timed in the same run, interleaved step by step, and
-each rate is the median over ``--repeats`` steps; ratios are against Transformer++.
+each rate is the median over ``--repeats`` steps; ratios are against Transformer++. One more step of
+each model runs under torch's FLOP counter (matrix products and attention, a multiply-add counting
+2), which gives the arithmetic per token and the rate each model achieves. Their quotient bounds the
+ratio: at Transformer++'s arithmetic rate Hope would reach (T++ FLOPs / Hope FLOPs) of its speed.
 
 Issue 4's target: Hope at least 0.5× Transformer++ at 1024 tokens and faster than it at 4096.
 
@@ -25,7 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from timing import interleaved_medians
+from timing import count_flops, interleaved_medians
 
 from nestlearn.models import CausalLM
 from nestlearn.models.lm import match_width, model_config_from_dict
@@ -92,11 +95,15 @@ def run(lengths: list[int], tokens: int, repeats: int, quick: bool = False) -> d
     rows = []
     for seq in lengths:
         batch = max(1, tokens // seq)
-        medians = interleaved_medians({n: train_step_fn(m, batch, seq) for n, m in models.items()}, repeats)
+        steps = {n: train_step_fn(m, batch, seq) for n, m in models.items()}
+        medians = interleaved_medians(steps, repeats)
+        flops = {n: count_flops(step) / (batch * seq) for n, step in steps.items()}
         rates = {n: batch * seq / t for n, t in medians.items()}
         for name in MODELS:
             rows.append({"model": name, "seq_len": seq, "batch": batch, "step_s": medians[name],
-                         "tokens_per_s": rates[name], "ratio_vs_transformer": rates[name] / rates["transformer"]})
+                         "tokens_per_s": rates[name], "ratio_vs_transformer": rates[name] / rates["transformer"],
+                         "flops_per_token": flops[name], "gflops_per_s": flops[name] * rates[name] / 1e9,
+                         "flop_bound_vs_transformer": flops["transformer"] / flops[name]})
     deviation = max(abs(n - params["hope"]) / params["hope"] for n in params.values())
     return {"configs": configs, "non_embedding_params": params, "max_param_deviation": deviation, "rows": rows,
             **environment(),
@@ -125,6 +132,15 @@ def markdown(result: dict, command: str) -> str:
         "| seq | batch | Hope tokens/s | Titans tokens/s | Transformer++ tokens/s | Hope / T++ | Titans / T++ |",
         "|---|---|---|---|---|---|---|",
     ]
+    arithmetic = [
+        "",
+        "Arithmetic per training token (forward and backward, MFLOP) and the rate each model achieved "
+        "(GFLOP/s); the bound is T++ FLOPs / Hope FLOPs, Hope's speed ratio if it ran at Transformer++'s "
+        "arithmetic rate:",
+        "",
+        "| seq | Hope MFLOP/token | Titans | Transformer++ | Hope GFLOP/s | Titans | Transformer++ | Hope / T++ bound |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     by_len: dict[int, dict[str, dict]] = {}
     for r in result["rows"]:
         by_len.setdefault(r["seq_len"], {})[r["model"]] = r
@@ -132,7 +148,10 @@ def markdown(result: dict, command: str) -> str:
         lines.append(f"| {seq} | {r['hope']['batch']} | {r['hope']['tokens_per_s']:,.0f} | "
                      f"{r['titans']['tokens_per_s']:,.0f} | {r['transformer']['tokens_per_s']:,.0f} | "
                      f"{r['hope']['ratio_vs_transformer']:.2f} | {r['titans']['ratio_vs_transformer']:.2f} |")
-    return "\n".join(lines)
+        arithmetic.append(f"| {seq} | " + " | ".join(f"{r[m]['flops_per_token'] / 1e6:,.1f}" for m in MODELS) + " | "
+                          + " | ".join(f"{r[m]['gflops_per_s']:.1f}" for m in MODELS)
+                          + f" | {r['hope']['flop_bound_vs_transformer']:.2f} |")
+    return "\n".join(lines + arithmetic)
 
 
 def write_section(path: Path, markers: tuple[str, str], heading: str, body: str) -> None:

@@ -5,6 +5,8 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
+import torch.nn.functional as F
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -24,6 +26,8 @@ def test_hope_throughput_quick(bench, tmp_path):
     assert {(r["model"], r["seq_len"]) for r in rows} == {(m, s) for m in ("hope", "titans", "transformer") for s in (16, 32)}
     assert all(r["tokens_per_s"] > 0 for r in rows)
     assert all(r["ratio_vs_transformer"] == 1.0 for r in rows if r["model"] == "transformer")
+    assert all(r["flops_per_token"] > 0 and r["gflops_per_s"] > 0 for r in rows)
+    assert all(r["flop_bound_vs_transformer"] == 1.0 for r in rows if r["model"] == "transformer")
     assert set(result["non_embedding_params"]) == {"hope", "titans", "transformer"}
     assert result["max_param_deviation"] < 0.25  # tiny widths step coarsely; hope-small's match is tighter
 
@@ -51,3 +55,15 @@ def test_write_section_between_markers(bench, tmp_path):
     assert text.count("## Heading") == 1 and text.count(markers[0]) == 1
     assert "table two" in text and "table one" not in text and text.startswith("# Performance\n\nintro\n")
 
+
+def test_count_flops_matmul_and_cpu_attention(bench):
+    count_flops = bench("timing").count_flops
+    a, b = torch.randn(3, 5), torch.randn(5, 7)
+    assert count_flops(lambda: a @ b) == 2 * 3 * 5 * 7
+    batch, heads, n, dh = 1, 2, 8, 4
+    q = torch.randn(batch, heads, n, dh, requires_grad=True)
+    # The CPU kernel is counted like the CUDA ones: two (n x n) products forward, five backward.
+    forward = count_flops(lambda: F.scaled_dot_product_attention(q, q, q, is_causal=True))
+    assert forward == 2 * (2 * batch * heads * n * n * dh)
+    total = count_flops(lambda: F.scaled_dot_product_attention(q, q, q, is_causal=True).sum().backward())
+    assert total == forward * 7 // 2
