@@ -5,7 +5,8 @@ Three tables, all byte-level KJV (data.md §1), equal tokens for every row, vali
 * **models**: Transformer++, Titans, Hope-Attention and Hope at equal non-embedding parameters (the
   baselines' widths are searched to match Hope's count; NL-L Table 2 is the paper's counterpart);
 * **ablations**: Hope with each Table-6 switch flipped (NL-L §9.6, spec §9.8), plus the literal
-  spec's unnormalised v (``selfmod.v_norm = "none"``; the project's default is ``"l2"``);
+  spec's unnormalised v (``selfmod.v_norm = "none"``; the project's default is ``"l2"``) and two
+  smaller bounds on the self-modifying memory's inner step (``selfmod.eta_max``, D8);
 * **signals**: the three CMS update signals of D13 (``kv``, ``lss``, ``optimizer``) over several
   seeds, scored by the decision rule of D13 (:func:`choose_cms_signal`).
 
@@ -53,6 +54,9 @@ ABLATIONS: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("static_v", "w/o inner-projection v (static v)", {"selfmod": {"adaptive_v": False}}),
     ("adaptive_q", "with adaptive q (Table 6's 'w/o inner-projection q' is our default)", {"selfmod": {"adaptive_q": True}}),
     ("v_norm_none", "v_norm = none (spec §5.7 literally; the default is l2)", {"selfmod": {"v_norm": "none"}}),
+    # Not Table 6: the bound on the self-modifying memory's inner step (D8), below the rows' 0.3.
+    ("eta_max_0.1", "η_max = 0.1 (self-modifying memory)", {"selfmod": {"eta_max": 0.1}}),
+    ("eta_max_0.03", "η_max = 0.03 (self-modifying memory)", {"selfmod": {"eta_max": 0.03}}),
 )
 
 
