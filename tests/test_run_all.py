@@ -150,3 +150,6 @@ def test_probe_status_lines_name_diverged_models_and_models_at_chance():
     # Two standard errors above 10 % at n = 100 is 16 %: 12 % is chance, 90 % is not.
     assert "16.0 %" in lines[1] and "Transformer++" in lines[1] and "Titans" not in lines[1]
     assert status_lines(result) == lines[:1]
+    # Per-task levels: 12 % is within two standard errors of 1/6 (≤ 24.1 % at n = 100).
+    per_task = status_lines(result, chance={"t": 1 / 6})
+    assert "≤ 24.1 % for t" in per_task[1] and "Transformer++" in per_task[1] and "Titans" not in per_task[1]

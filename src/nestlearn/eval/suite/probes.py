@@ -147,9 +147,10 @@ def compute_minutes(result: dict[str, Any]) -> float:
     return sum(r["train_seconds"] + r["eval_seconds"] for run in result["runs"].values() for r in run.values()) / 60
 
 
-def status_lines(result: dict[str, Any], chance: float | None = None) -> list[str]:
-    """Which models diverged (non-finite final loss) and, given a uniform ``chance`` level, which score
-    at chance: ranking accuracy within two binomial standard errors of it in every cell."""
+def status_lines(result: dict[str, Any], chance: float | dict[str, float] | None = None) -> list[str]:
+    """Which models diverged (non-finite final loss) and, given the ``chance`` level (one for every
+    task, or task -> level), which score at chance: ranking accuracy within two binomial standard
+    errors above it in every cell."""
     s = result["settings"]
     first = next(iter(result["runs"].values()))
     out = []
@@ -159,12 +160,17 @@ def status_lines(result: dict[str, Any], chance: float | None = None) -> list[st
                    + ", ".join(f"{NAMES[f]} ({first[f]['nonfinite_steps']} of {s['steps']} steps skipped)"
                                for f in diverged) + ".")
     if chance is not None:
-        bound = chance + 2 * math.sqrt(chance * (1 - chance) / s["samples"])
+        levels = chance if isinstance(chance, dict) else dict.fromkeys(s["tasks"], chance)
+        bounds = {t: p + 2 * math.sqrt(p * (1 - p) / s["samples"]) for t, p in levels.items()}
         flat = [f for f in s["models"] if f not in diverged and all(
-            cell(result, f, t, n, "ranking")[0] <= bound for t in s["tasks"] for n in s["eval_lens"])]
+            cell(result, f, t, n, "ranking")[0] <= bounds[t] for t in s["tasks"] for n in s["eval_lens"])]
         if flat:
-            out.append(f"- At chance in every cell (ranking ≤ {pct(bound)} %, two standard errors above {pct(chance)} %): "
-                       + ", ".join(NAMES[f] for f in flat) + ".")
+            if isinstance(chance, dict):
+                rule = "within two standard errors above each task's chance: " + ", ".join(
+                    f"≤ {pct(bounds[t])} % for {t.split('_')[-1]}" for t in s["tasks"])
+            else:
+                rule = f"ranking ≤ {pct(bounds[s['tasks'][0]])} %, two standard errors above {pct(chance)} %"
+            out.append(f"- At chance in every cell ({rule}): " + ", ".join(NAMES[f] for f in flat) + ".")
     return out
 
 
