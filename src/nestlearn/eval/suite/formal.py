@@ -278,7 +278,7 @@ def markdown(result: dict[str, Any], quick: bool, seed: int, plot_name: str) -> 
     lines = [
         f"- Command: `{command(KEY, quick, seed)}`",
         (f"- Seeds: {', '.join(map(str, result['seeds']))}; training time {result['train_seconds'] / 60:.1f} "
-         f"CPU-min over all cells ({result['jobs']} process(es))."),
+         "CPU-min over all cells."),
         (f"- Protocol (tasks.md §4): next-character-set prediction, string accuracy. Training lengths "
         f"{n_lo}–{n_hi} (pool of {s['train_count']:,} strings), Bin0 = {s['bin_count']} held-out strings in that range, "
         f"Bin1 = {s['bin_count']} strings of length {n_hi + 1}–{n_hi + 50}. Every model d_model {s['d_model']}, "

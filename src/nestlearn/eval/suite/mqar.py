@@ -140,7 +140,7 @@ def markdown(result: dict[str, Any], quick: bool, seed: int, plot_name: str) -> 
     keys = [f"{L}/{D}" for L, D in s["settings"]]
     lines = [f"- Command: `{command(KEY, quick, seed)}`",
              (f"- Seeds: {', '.join(map(str, result['seeds']))}; training time {result['train_seconds'] / 60:.1f} "
-              f"CPU-min over all cells ({result['jobs']} process(es))."),
+              "CPU-min over all cells."),
              (f"- Protocol (tasks.md §1): vocabulary {s['vocab_size']}, settings (L, D) = "
              f"{', '.join(f'({L}, {D})' for L, D in s['settings'])}, {s['train_count']:,} training and "
              f"{s['test_count']:,} test sequences per setting; the settings take turns, one batch of "
