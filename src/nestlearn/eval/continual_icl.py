@@ -131,7 +131,7 @@ def training_batch(spec: ICLSpec, n: int, seed: int) -> TaskBatch:
 @torch.no_grad()
 def _query_accuracy(model: CausalLM, spec: ICLSpec, streams: Streams, task: int, state: LMState | None) -> float:
     inputs, targets = streams.query(spec, task)
-    logits = model(inputs, state=state).logits[..., : spec.num_classes]
+    logits = model(inputs, state=state, keep_state=False).logits[..., : spec.num_classes]
     mask = targets != IGNORE_INDEX
     return (logits.argmax(-1)[mask] == targets[mask]).double().mean().item()
 
@@ -162,7 +162,7 @@ def meta_train(model: CausalLM, spec: ICLSpec, steps: int, batch_size: int, lr: 
     losses = []
     for step in range(steps):
         batch = training_batch(spec, batch_size, train_seed + step)
-        logits = model(batch.inputs).logits[..., : spec.num_classes]
+        logits = model(batch.inputs, keep_state=False).logits[..., : spec.num_classes]
         loss = F.cross_entropy(logits.float().reshape(-1, spec.num_classes), batch.targets.reshape(-1),
                                ignore_index=IGNORE_INDEX)
         opt.zero_grad(set_to_none=True)

@@ -48,7 +48,7 @@ def evaluate_bpb(model: CausalLM, ids: torch.Tensor, token_bytes: torch.Tensor, 
         length = min(seq_len, n_targets - group[0])
         window = ids[torch.tensor(group)[:, None] + offsets[None, :length + 1]].to(device)
         with autocast:
-            logits = model(window[:, :-1]).logits
+            logits = model(window[:, :-1], keep_state=False).logits
         targets = window[:, 1:]
         nats = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="sum")
         total_nats += nats.item()

@@ -33,7 +33,7 @@ def task_model(config: LMConfig, batch: TaskBatch) -> CausalLM:
 def task_logits(model: CausalLM, batch: TaskBatch) -> torch.Tensor:
     """(B, T, num_classes) class scores at every position."""
     device = next(model.parameters()).device
-    return model(batch.inputs.to(device)).logits[..., : batch.num_classes]
+    return model(batch.inputs.to(device), keep_state=False).logits[..., : batch.num_classes]
 
 
 def labelled_logits(model: CausalLM, batch: TaskBatch) -> torch.Tensor:

@@ -215,7 +215,7 @@ class NestlearnForCausalLM(PreTrainedModel, GenerationMixin):
     def forward(self, input_ids: torch.LongTensor | None = None, attention_mask: torch.Tensor | None = None,
                 past_key_values: Cache | None = None, labels: torch.LongTensor | None = None,
                 use_cache: bool | None = None, inputs_embeds: torch.Tensor | None = None,
-                return_dict: bool | None = None, **kwargs: Any) -> CausalLMOutputWithPast | tuple:
+                return_dict: bool | None = None, cache: Cache | None = None, **kwargs: Any) -> CausalLMOutputWithPast | tuple:
         """input_ids: (batch, seq) -> logits (batch, seq, vocab), the cache and, with labels, the loss.
 
         Args:
@@ -225,6 +225,7 @@ class NestlearnForCausalLM(PreTrainedModel, GenerationMixin):
             labels: (batch, seq) ids, shifted inside as in transformers (position t predicts labels[t+1]);
                 -100 is ignored.
             use_cache: return the cache (default True).
+            cache: the name transformers 5.24 and later give ``past_key_values``; either may be passed.
         """
         if inputs_embeds is not None:
             raise ConfigError("inputs_embeds", "is not supported by nestlearn models; pass input_ids")
@@ -233,7 +234,7 @@ class NestlearnForCausalLM(PreTrainedModel, GenerationMixin):
         if attention_mask is not None and not bool(attention_mask.all()):
             raise ConfigError("attention_mask", "must be all ones: nestlearn models write every token into their "
                               "memories, so padding is not supported; batch prompts of equal length")
-        cache = past_key_values
+        cache = cache if cache is not None else past_key_values
         if cache is not None and not isinstance(cache, NestlearnCache):
             if cache.get_seq_length() > 0:
                 raise ConfigError("past_key_values", f"must be a NestlearnCache, got a filled {type(cache).__name__}")

@@ -489,8 +489,11 @@ class CMS(nn.Module):
         return idx if self.cfg.order == "slow_first" else idx[::-1]
 
     def forward(self, x: Tensor, state: State | None = None, pos: int = 0, u: dict[int, Tensor] | None = None,
-                tape: dict[int, list[LSSRecord]] | None = None) -> tuple[Tensor, State]:
+                tape: dict[int, list[LSSRecord]] | None = None, keep_state: bool = True) -> tuple[Tensor, State]:
         """x: (batch, seq, d_model) at absolute positions pos.. -> (output, new state).
+
+        ``keep_state=False`` (the caller discards the state) skips each level's last write, which
+        only the returned state would hold, and returns {}.
 
         The ``lss`` signal needs one of:
 
@@ -511,17 +514,17 @@ class CMS(nn.Module):
             weights = torch.softmax(self.agg, dim=0)
             y = torch.zeros_like(x)
             for i in self._apply_order():
-                out, s = self._level_scan(i, x, state, pos, u, tape)
+                out, s = self._level_scan(i, x, state, pos, u, tape, keep_state)
                 y = y + weights[i] * out
                 new_state.update(s)
-            return y, new_state
+            return y, (new_state if keep_state else {})
         for i in self._apply_order():
-            x, s = self._level_scan(i, x, state, pos, u, tape)
+            x, s = self._level_scan(i, x, state, pos, u, tape, keep_state)
             new_state.update(s)
-        return x, new_state
+        return x, (new_state if keep_state else {})
 
     def _level_scan(self, i: int, x: Tensor, state: State, pos: int, u: dict[int, Tensor] | None,
-                    tape: dict[int, list[LSSRecord]] | None) -> tuple[Tensor, State]:
+                    tape: dict[int, list[LSSRecord]] | None, keep_state: bool = True) -> tuple[Tensor, State]:
         """Run level i over x chunk by chunk: read with chunk-start weights, write at chunk ends (Eq 71).
 
         What stays sequential is the chain of chunk-start weights θ_{c+1} = θ_c − Σ_{t∈c} η_t g_t(θ_c):
@@ -529,7 +532,7 @@ class CMS(nn.Module):
         n(k), η) is computed for all tokens at once; per chunk the reads and the write share two
         matrix products (:func:`chunk_terms`) and the write is one fused product per weight. The
         last chunk's write only reaches the returned state, so it is kept out of the read's products
-        (the outer backward pass then skips it).
+        (the outer backward pass then skips it), and without ``keep_state`` it is not computed.
         """
         level = self.levels[i]
         if level.static:
@@ -555,6 +558,9 @@ class CMS(nn.Module):
         outs = []
         for c, (_, end) in enumerate(bounds):
             xs, xn, tg, et = (p[c] for p in pieces)
+            if c == len(bounds) - 1 and not keep_state:
+                outs.append(xs + level.terms(w, xn, keys[c], tg, et, write=False).out)
+                return torch.cat(outs, dim=1), {}
             if c == len(bounds) - 1 and keys[c] is not xn:
                 terms = level.terms(w, xn, keys[c], tg, et, write=False)
                 factors = level.terms(w, xn, keys[c], tg, et, read=False).factors

@@ -370,15 +370,18 @@ class SelfModifyingTitans(nn.Module):
 
     # ---- fast path ----------------------------------------------------------------------------
 
-    def forward(self, x: Tensor, state: State | None = None, pos: int = 0) -> tuple[Tensor, State]:
-        """x: (B, T, d) at absolute positions pos.. -> (y: (B, T, d), new state).
+    def forward(self, x: Tensor, state: State | None = None, pos: int = 0,
+                keep_state: bool = True) -> tuple[Tensor, State]:
+        """x: (B, T, d) at absolute positions pos.. -> (y: (B, T, d), new state; {} without ``keep_state``).
 
         Two passes. Generation runs once per ``chunk_size_other`` chunk, from the boundary states of
         the generating memories, and each of their groups is then written by one state-only
         :func:`memory_scan` call (their reads are never used: generation reads boundaries). Nothing
         in that loop reads the main memory, so it runs afterwards over the whole call as one scan on
         its finer grid, with its self-generated targets v̂ = M_memory,b(v) (Eq 95, D7) built inside
-        each of its chunks.
+        each of its chunks. ``keep_state=False`` (the caller discards the state) skips the writes
+        that only the returned state would hold: the generating memories' last chunk and the main
+        memory's.
         """
         if state is None:
             state = self.initial_state(x.shape[0])
@@ -399,12 +402,15 @@ class SelfModifyingTitans(nn.Module):
             q, k, v, eta, alpha, cache = self.generate(xs_parts[i], {n: p[i] for n, p in static_parts.items()},
                                                        bnd.get("proj"), bnd["gate"], cache)
             eta = normalized_eta(eta, k) if cfg.dgd_normalize else eta
-            gen = {g: self.write_group(g, mem, k, v, eta, alpha, beta_parts[i], at) for g, mem in gen.items()}
+            if keep_state or i < len(bounds) - 1:
+                gen = {g: self.write_group(g, mem, k, v, eta, alpha, beta_parts[i], at) for g, mem in gen.items()}
             cols.append((q, k, v, eta, alpha))
         q, k, v = (torch.cat(c, dim=2) for c in list(zip(*cols))[:3])
         eta = torch.cat([c[3] for c in cols], dim=-1)
         alpha = None if cols[0][4] is None else torch.cat([c[4] for c in cols], dim=-1)
-        o, mem = self.main_memory(self.group_state(state, "mem"), q, k, v, eta, alpha, beta, pos)
+        o, mem = self.main_memory(self.group_state(state, "mem"), q, k, v, eta, alpha, beta, pos, keep_state)
+        if not keep_state:
+            return self.output(o, x), {}
         new_state = {f"{g}.{n}": t for g in gen for n, t in gen[g].items()}
         new_state.update({f"mem.{n}": t for n, t in mem.items()})
         if cache is not None:
@@ -427,16 +433,17 @@ class SelfModifyingTitans(nn.Module):
         return {n: t.flatten(1, 2) for n, t in new.items()}
 
     def main_memory(self, mem: State, q: Tensor, k: Tensor, v: Tensor, eta: Tensor, alpha: Tensor | None,
-                    beta: Tensor | None, pos: int) -> tuple[Tensor, State]:
+                    beta: Tensor | None, pos: int, keep_state: bool = True) -> tuple[Tensor, State]:
         """The output memory over the whole call, on the ``chunk_size_memory`` grid (Eqs 94–95, D5, D7).
 
         ``read="intra_chunk"`` is one self-valued scan reading M_{t−1}(q_t). ``read="boundary"`` reads
         M_b(q_t), the boundary state of each chunk, so it runs one state-only scan per chunk.
-        q, k, v: (B, H, T, d/H); gates (B, H, T). Returns o (B, H, T, d/H) and the new state.
+        q, k, v: (B, H, T, d/H); gates (B, H, T). Returns o (B, H, T, d/H) and the new state ({}
+        without ``keep_state``, which skips the last chunk's write).
         """
         spec = self.specs["mem"]
         if self.cfg.read == "intra_chunk":
-            return memory_scan(spec, mem, q, k, v, eta, alpha, beta, pos=pos, self_values=True)
+            return memory_scan(spec, mem, q, k, v, eta, alpha, beta, pos=pos, self_values=True, final_state=keep_state)
         bounds = chunk_bounds(pos, q.shape[2], spec.chunk_size)
         sizes = [end - start for start, end in bounds]
         parts = [t.split(sizes, dim=2) for t in (q, k, v)]
@@ -446,7 +453,8 @@ class SelfModifyingTitans(nn.Module):
             qi, ki, vi = (p[i] for p in parts)
             outs.append(memory_apply(spec, boundary_weights(mem, pos + start, spec.chunk_size), qi))
             _, mem = memory_scan(spec, mem, qi, ki, vi, *(None if g is None else g[i] for g in gates),
-                                 pos=pos + start, outputs=False, self_values=True)
+                                 pos=pos + start, outputs=False, self_values=True,
+                                 final_state=keep_state or i < len(bounds) - 1)
         return torch.cat(outs, dim=2), mem
 
 

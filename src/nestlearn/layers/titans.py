@@ -194,14 +194,19 @@ class MemoryLayer(nn.Module):
             return self.initial_memory(batch_size)
         return {n: state[f"mem.{n}"] for n in self.spec.state_names}
 
-    def forward(self, x: torch.Tensor, state: State | None = None, pos: int = 0) -> tuple[torch.Tensor, State]:
-        """x: (B, T, d) at absolute positions pos.. -> (y: (B, T, d), new state).
+    def forward(self, x: torch.Tensor, state: State | None = None, pos: int = 0,
+                keep_state: bool = True) -> tuple[torch.Tensor, State]:
+        """x: (B, T, d) at absolute positions pos.. -> (y: (B, T, d), new state; {} without ``keep_state``).
 
         Outputs are the memory reads y_t = M_t(q_t) [T Eq 15] (or M_{t−1}(q_t) with ``read="before"``).
+        ``keep_state=False`` skips the last chunk's write, which only the returned state would hold.
         """
         q, k, v, cache = self.features(x, None if state is None else state.get("conv"))
         eta, alpha, beta = self.gate_values(x)
-        o, mem = memory_scan(self.spec, self.memory_state(state, x.shape[0]), q, k, v, eta, alpha, beta, pos)
+        o, mem = memory_scan(self.spec, self.memory_state(state, x.shape[0]), q, k, v, eta, alpha, beta, pos,
+                             final_state=keep_state)
+        if not keep_state:
+            return self.output(o, x), {}
         new_state = {f"mem.{n}": t for n, t in mem.items()}
         if cache is not None:
             new_state["conv"] = cache

@@ -223,8 +223,11 @@ def _end_state(co: _Coefficients, x0: Tensor, s0: Tensor | None, e: Tensor, p: T
 
 def _chunk(spec: MemorySpec, cur: State, mom: State, grad_at: State, q: Tensor, k: Tensor, v: Tensor,
            eta: Tensor, alpha: Tensor | None, beta: Tensor | None, stop_shift: State | None = None,
-           outputs: bool = True, self_values: bool = False) -> tuple[Tensor | None, State, State]:
+           outputs: bool = True, self_values: bool = False, end_state: bool = True) -> tuple[Tensor | None, State, State]:
     """One chunk: outputs (..., n, d_out) (None unless ``outputs``), new weights, new momenta.
+
+    ``end_state=False`` skips the weights and momenta after the chunk (returned empty): the last
+    chunk of a call whose caller discards the state.
 
     ``stop_shift`` (stopgrad writes): θ₀ − sg(θ₀) per weight, added to every read weight, so reads see
     θ₀ + sg(Δ_t) while everything else in the chunk is detached by the caller. ``self_values``: the
@@ -264,7 +267,7 @@ def _chunk(spec: MemorySpec, cur: State, mom: State, grad_at: State, q: Tensor, 
             rhs = rhs - prev.sig.unsqueeze(-1) * k_s0
         u = torch.linalg.solve_triangular(prev.gk * k_k, rhs, upper=False, unitriangular=True)
     new_w, new_m = {}, {}
-    for name, (e_n, p_n) in factors.items():
+    for name, (e_n, p_n) in factors.items() if end_state else ():
         new_w[name], s = _end_state(co, cur[name], mom.get(name), e_n, p_n, u if name == first else None)
         if s is not None:
             new_m[name] = s
@@ -314,7 +317,7 @@ def chunk_bounds(pos: int, length: int, chunk_size: int) -> list[tuple[int, int]
 
 def memory_scan(spec: MemorySpec, state: State, q: Tensor, k: Tensor, v: Tensor, eta: Tensor,
                 alpha: Tensor | None = None, beta: Tensor | None = None, pos: int = 0, *,
-                outputs: bool = True, self_values: bool = False) -> tuple[Tensor | None, State]:
+                outputs: bool = True, self_values: bool = False, final_state: bool = True) -> tuple[Tensor | None, State]:
     """Run the memory over a sequence, chunk-parallel (the fast path; spec §5.9, [T Eqs 16–18]).
 
     Args:
@@ -331,6 +334,9 @@ def memory_scan(spec: MemorySpec, state: State, q: Tensor, k: Tensor, v: Tensor,
         self_values: the targets are the memory's own output at its chunk's boundary state,
             v̂_t = M_b(v_t) (self-generated values, NL-L Eqs 84/95, D7), computed inside each chunk from
             the same boundary products as its gradients; v is then (..., T, d_in).
+        final_state: False when the caller discards the returned state (training with a fresh state
+            per sequence): the last chunk's write, which only that state would hold, is skipped and
+            the state comes back empty. The outputs are unchanged.
 
     Leading ``...`` axes broadcast between the state, the token tensors and the gates, so memories
     that share keys and gates (state (B, G, H, ...), keys (B, 1, H, ...)) run as one call and share
@@ -338,7 +344,7 @@ def memory_scan(spec: MemorySpec, state: State, q: Tensor, k: Tensor, v: Tensor,
 
     Returns:
         outputs (..., T, d_out) (read after or before each token's write, ``spec.read``; None without
-        ``outputs``) and the new state.
+        ``outputs``) and the new state ({} without ``final_state``).
     """
     _check_inputs(spec, state, eta, alpha, beta)
     names = spec.weight_names
@@ -360,12 +366,17 @@ def memory_scan(spec: MemorySpec, state: State, q: Tensor, k: Tensor, v: Tensor,
     gates = [None if g is None else g.split(sizes, dim=-1) for g in (eta, alpha, beta)]
     outs = []
     for i, (start, _) in enumerate(bounds):
+        last = i == len(bounds) - 1
+        if last and not (final_state or outputs):
+            break
         if (pos + start) % spec.chunk_size == 0:
             grad_at = dict(cur)
         out, cur, mom = _chunk(spec, cur, mom, grad_at, *(x[i] for x in pieces),
                                *(None if g is None else g[i] for g in gates), stop_shift=shift,
-                               outputs=outputs, self_values=self_values)
+                               outputs=outputs, self_values=self_values, end_state=final_state or not last)
         outs.append(out)
+    if not final_state:
+        return (torch.cat(outs, dim=-2) if outputs else None), {}
     if (pos + q.shape[-2]) % spec.chunk_size == 0:
         # A copy, not an alias: states are saved with safetensors, which rejects shared storage.
         grad_at = {n: w.clone() for n, w in cur.items()}

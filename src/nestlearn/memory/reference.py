@@ -40,8 +40,9 @@ def _autograd_grads(spec: MemorySpec, weights: State, k: Tensor, v: Tensor) -> S
 
 def memory_scan_reference(spec: MemorySpec, state: State, q: Tensor, k: Tensor, v: Tensor, eta: Tensor,
                           alpha: Tensor | None = None, beta: Tensor | None = None,
-                          pos: int = 0) -> tuple[Tensor, State]:
-    """Same contract as :func:`nestlearn.memory.memory_scan`, one token at a time.
+                          pos: int = 0, final_state: bool = True) -> tuple[Tensor, State]:
+    """Same contract as :func:`nestlearn.memory.memory_scan`, one token at a time (every write is
+    computed; without ``final_state`` the state comes back empty).
 
     For token t (absolute position pos + t) with boundary state M_b of its chunk:
         g_t = ∇ℓ(M_b; k_t, v_t)
@@ -101,6 +102,8 @@ def memory_scan_reference(spec: MemorySpec, state: State, q: Tensor, k: Tensor, 
         cur = new
         if spec.read == "after":
             outs.append(memory_apply(spec, weights(cur), qt))
+    if not final_state:
+        return torch.cat(outs, dim=-2), {}
     if (pos + length) % spec.chunk_size == 0:
         boundary = {n: w.clone() for n, w in cur.items()}
     new_state = {**weights(cur), **{f"{n}_b": w for n, w in weights(boundary).items()},

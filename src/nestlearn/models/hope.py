@@ -96,8 +96,9 @@ class HopeBlock(nn.Module):
             state.update({f"cms.{k}": v for k, v in self.cms.init_state(batch_size, device, dtype).items()})
         return state
 
-    def forward(self, x: torch.Tensor, state: State | None = None, pos: int = 0, **cms_inputs) -> tuple[torch.Tensor, State]:
-        """x: (B, T, d) at absolute positions pos.. -> (same shape, {selfmod.*, cms.*}).
+    def forward(self, x: torch.Tensor, state: State | None = None, pos: int = 0, keep_state: bool = True,
+                **cms_inputs) -> tuple[torch.Tensor, State]:
+        """x: (B, T, d) at absolute positions pos.. -> (same shape, {selfmod.*, cms.*}; {} without ``keep_state``).
 
         ``cms_inputs`` (``u``, ``tape``) go to :meth:`~nestlearn.layers.cms.CMS.forward` (``lss`` signal).
         """
@@ -105,11 +106,11 @@ class HopeBlock(nn.Module):
         if state is not None:
             sm_state = {k[8:]: v for k, v in state.items() if k.startswith("selfmod.")}
             cms_state = {k[4:]: v for k, v in state.items() if k.startswith("cms.")}
-        h, sm_state = self.selfmod(self.mixer_norm(x), sm_state, pos)
+        h, sm_state = self.selfmod(self.mixer_norm(x), sm_state, pos, keep_state)
         x = x + h
         new_state = {f"selfmod.{k}": v for k, v in sm_state.items()}
         if self.cms is None:
             return x + self.mlp(self.mlp_norm(x)), new_state
-        y, cms_state = self.cms(x, cms_state, pos, **cms_inputs)
+        y, cms_state = self.cms(x, cms_state, pos, keep_state=keep_state, **cms_inputs)
         new_state.update({f"cms.{k}": v for k, v in cms_state.items()})
         return y, new_state

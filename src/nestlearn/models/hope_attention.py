@@ -95,8 +95,8 @@ class HopeAttentionBlock(nn.Module):
         return state
 
     def forward(self, x: torch.Tensor, state: dict[str, torch.Tensor] | None = None,
-                pos: int = 0, **cms_inputs) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """x: (batch, seq, d_model) -> (same shape, {attn.k, attn.v, cms.*}).
+                pos: int = 0, keep_state: bool = True, **cms_inputs) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """x: (batch, seq, d_model) -> (same shape, {attn.k, attn.v, cms.*}; {} without ``keep_state``).
 
         ``cms_inputs`` (``u``, ``tape``) go to :meth:`~nestlearn.layers.cms.CMS.forward` (``lss`` signal).
         """
@@ -105,6 +105,8 @@ class HopeAttentionBlock(nn.Module):
             attn_state = {"k": state["attn.k"], "v": state["attn.v"]}
             cms_state = {k[4:]: v for k, v in state.items() if k.startswith("cms.")}
         h, attn_state = self.attn(self.attn_norm(x), attn_state, pos)
-        y, cms_state = self.cms(x + h, cms_state, pos, **cms_inputs)
+        y, cms_state = self.cms(x + h, cms_state, pos, keep_state=keep_state, **cms_inputs)
+        if not keep_state:
+            return y, {}
         return y, {"attn.k": attn_state["k"], "attn.v": attn_state["v"],
                    **{f"cms.{k}": v for k, v in cms_state.items()}}

@@ -4,11 +4,14 @@ A family is a config dataclass (a subclass of :class:`LMConfig`) registered unde
 :func:`register_family`; its ``build_block(layer_idx)`` returns one block. A block is an
 ``nn.Module`` with
 
-    forward(x: (batch, seq, d_model), state: dict[str, Tensor] | None, pos: int)
+    forward(x: (batch, seq, d_model), state: dict[str, Tensor] | None, pos: int, keep_state: bool = True)
         -> (y: (batch, seq, d_model), new_state: dict[str, Tensor])
     init_state(batch_size: int, device, dtype) -> dict[str, Tensor] | None
 
-where ``state`` is the block's fast state (a KV cache, memory weights, momenta, ...). Blocks own
+where ``state`` is the block's fast state (a KV cache, memory weights, momenta, ...). With
+``keep_state=False`` the caller discards the new state (training and evaluation from a fresh state
+per sequence): the block returns {} and may skip the work only that state needs, such as a memory's
+write after the last chunk it reads. Blocks own
 their residual connections and norms. After the generic normal initialisation of every
 ``nn.Linear``/``nn.Embedding``, any submodule with a ``reset_special_parameters()`` method has it
 called, so gate biases and meta-learned initial states keep their intended values. :class:`CausalLM` adds the embedding, the final norm, the
@@ -144,11 +147,12 @@ class LMState:
 
 
 class LMOutput(NamedTuple):
-    """logits: (batch, seq, vocab); loss: mean next-token cross-entropy in nats (None without targets)."""
+    """logits: (batch, seq, vocab); loss: mean next-token cross-entropy in nats (None without targets);
+    state: the fast state after the sequence (None when the call asked not to keep it)."""
 
     logits: torch.Tensor
     loss: torch.Tensor | None
-    state: LMState
+    state: LMState | None
 
 
 class CausalLM(nn.Module):
@@ -203,13 +207,14 @@ class CausalLM(nn.Module):
         return LMState(0, [blk.init_state(batch_size, device, dtype) for blk in self.blocks])
 
     def forward(self, tokens: torch.Tensor, state: LMState | None = None,
-                targets: torch.Tensor | None = None, learn: bool = True) -> LMOutput:
+                targets: torch.Tensor | None = None, learn: bool = True, keep_state: bool = True) -> LMOutput:
         """tokens: (batch, seq) ids; targets: (batch, seq) ids or None -> :class:`LMOutput`.
 
         With ``state`` the sequence continues the one that produced it; the returned state continues
         this one. ``learn=False`` marks the tokens as generated: fast weights that learn from the
         model's own next-token loss (``cms.signal = "lss"``) never use them as targets; other
-        families ignore it.
+        families ignore it. ``keep_state=False`` returns no state (``state`` None) and lets the
+        blocks skip the writes only that state would hold; the logits and the loss are unchanged.
         """
         pos = 0 if state is None else state.pos
         if self.config.bounded_context and pos + tokens.shape[1] > self.config.max_seq_len:
@@ -218,22 +223,23 @@ class CausalLM(nn.Module):
                 f"model.max_seq_len={self.config.max_seq_len}; use a shorter sequence or a model with a larger max_seq_len")
         driver = self.config.sequence_driver()
         if driver is not None:
-            return driver(self, tokens, state, targets, learn)
+            out = driver(self, tokens, state, targets, learn)
+            return out if keep_state else out._replace(state=None)
         x = self.embed(tokens)
         layer_states = [None] * len(self.blocks) if state is None else state.layers
         new_states = []
         recompute = self.activation_checkpointing and torch.is_grad_enabled()
         for blk, s in zip(self.blocks, layer_states):
             if recompute:
-                x, s = checkpoint(blk, x, s, pos, use_reentrant=False)
+                x, s = checkpoint(blk, x, s, pos, keep_state, use_reentrant=False)
             else:
-                x, s = blk(x, s, pos)
+                x, s = blk(x, s, pos, keep_state)
             new_states.append(s)
         logits = F.linear(self.norm(x), self.head_weight)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.float().view(-1, logits.shape[-1]), targets.reshape(-1))
-        return LMOutput(logits, loss, LMState(pos + tokens.shape[1], new_states))
+        return LMOutput(logits, loss, LMState(pos + tokens.shape[1], new_states) if keep_state else None)
 
     @torch.no_grad()
     def generate(self, prompt: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,

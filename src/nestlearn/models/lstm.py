@@ -71,9 +71,10 @@ class LSTMBlock(nn.Module):
         zeros = torch.zeros(batch_size, self.hidden, device=device, dtype=dtype)
         return {"h": zeros, "c": zeros.clone()}
 
-    def forward(self, x: torch.Tensor, state: State | None = None, pos: int = 0) -> tuple[torch.Tensor, State]:
-        """x: (batch, seq, d_model) -> (same shape, {h, c}: (batch, hidden) each)."""
+    def forward(self, x: torch.Tensor, state: State | None = None, pos: int = 0,
+                keep_state: bool = True) -> tuple[torch.Tensor, State]:
+        """x: (batch, seq, d_model) -> (same shape, {h, c}: (batch, hidden) each; {} without ``keep_state``)."""
         if state is None:
             state = self.init_state(x.shape[0], x.device, x.dtype)
         y, (h, c) = self.lstm(self.norm(x), (state["h"].unsqueeze(0), state["c"].unsqueeze(0)))
-        return x + self.out(y), {"h": h.squeeze(0), "c": c.squeeze(0)}
+        return x + self.out(y), ({"h": h.squeeze(0), "c": c.squeeze(0)} if keep_state else {})

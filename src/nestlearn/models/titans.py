@@ -132,8 +132,9 @@ class MemoryBlock(nn.Module):
     def init_state(self, batch_size: int, device: torch.device | str, dtype: torch.dtype) -> State:
         return self.mem.init_state(batch_size, device, dtype)
 
-    def forward(self, x: torch.Tensor, state: State | None = None, pos: int = 0) -> tuple[torch.Tensor, State]:
-        """x: (B, T, d) -> (same shape, new state)."""
-        h, state = self.mem(self.mem_norm(x), state, pos)
+    def forward(self, x: torch.Tensor, state: State | None = None, pos: int = 0,
+                keep_state: bool = True) -> tuple[torch.Tensor, State]:
+        """x: (B, T, d) -> (same shape, new state; {} without ``keep_state``)."""
+        h, state = self.mem(self.mem_norm(x), state, pos, keep_state)
         x = x + h
         return x + self.mlp(self.mlp_norm(x)), state

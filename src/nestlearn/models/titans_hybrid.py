@@ -120,8 +120,8 @@ class _WindowedHybridBlock(nn.Module):
         mem = {k: v for k, v in state.items() if not k.startswith("attn.")}
         return mem, {"k": state["attn.k"], "v": state["attn.v"]}
 
-    def _memory(self, h: torch.Tensor, mem: State, pos: int) -> tuple[torch.Tensor, State]:
-        return self.mem(h, mem, pos + self.n_persistent)
+    def _memory(self, h: torch.Tensor, mem: State, pos: int, keep_state: bool) -> tuple[torch.Tensor, State]:
+        return self.mem(h, mem, pos + self.n_persistent, keep_state)
 
     def _attention(self, h: torch.Tensor, cache: State | None, pos: int) -> tuple[torch.Tensor, State]:
         prefix = self.persistent.attention_prefix(self.attn, self.attn_norm)
@@ -149,13 +149,14 @@ class MAGBlock(_WindowedHybridBlock):
         self.norm_y = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.norm_m = RMSNorm(cfg.d_model, cfg.norm_eps)
 
-    def forward(self, x: torch.Tensor, state: State | None = None, pos: int = 0) -> tuple[torch.Tensor, State]:
-        """x: (B, T, d) -> (same shape, new state)."""
+    def forward(self, x: torch.Tensor, state: State | None = None, pos: int = 0,
+                keep_state: bool = True) -> tuple[torch.Tensor, State]:
+        """x: (B, T, d) -> (same shape, new state; {} without ``keep_state``)."""
         mem, cache = self._split(state, x.shape[0])
         y, cache = self._attention(self.attn_norm(x), cache, pos)
-        m, mem = self._memory(self.mem_norm(x), mem, pos)
+        m, mem = self._memory(self.mem_norm(x), mem, pos, keep_state)
         x = x + _gate(y, m, self.norm_y, self.norm_m)
-        return x + self.mlp(self.mlp_norm(x)), self._join(mem, cache)
+        return x + self.mlp(self.mlp_norm(x)), (self._join(mem, cache) if keep_state else {})
 
 
 @register_family("titans_mal")
@@ -170,14 +171,15 @@ class TitansMALConfig(HybridConfig):
 class MALBlock(_WindowedHybridBlock):
     """x + M(RMSNorm(x)), then + SW-Attn*(RMSNorm(·)) [T Eqs 29–31], then + SwiGLU."""
 
-    def forward(self, x: torch.Tensor, state: State | None = None, pos: int = 0) -> tuple[torch.Tensor, State]:
-        """x: (B, T, d) -> (same shape, new state)."""
+    def forward(self, x: torch.Tensor, state: State | None = None, pos: int = 0,
+                keep_state: bool = True) -> tuple[torch.Tensor, State]:
+        """x: (B, T, d) -> (same shape, new state; {} without ``keep_state``)."""
         mem, cache = self._split(state, x.shape[0])
-        m, mem = self._memory(self.mem_norm(x), mem, pos)
+        m, mem = self._memory(self.mem_norm(x), mem, pos, keep_state)
         x = x + m
         y, cache = self._attention(self.attn_norm(x), cache, pos)
         x = x + y
-        return x + self.mlp(self.mlp_norm(x)), self._join(mem, cache)
+        return x + self.mlp(self.mlp_norm(x)), (self._join(mem, cache) if keep_state else {})
 
 
 @register_family("titans_mac")
@@ -232,8 +234,9 @@ class MACBlock(nn.Module):
         q = F.normalize(self.retrieve_q(h).view(b, n, heads, -1).transpose(1, 2), dim=-1)
         return self.retrieve_out(memory_apply(spec, weights, q).transpose(1, 2).reshape(b, n, d))
 
-    def forward(self, x: torch.Tensor, state: State | None = None, pos: int = 0) -> tuple[torch.Tensor, State]:
-        """x: (B, T, d) -> (same shape, new state)."""
+    def forward(self, x: torch.Tensor, state: State | None = None, pos: int = 0,
+                keep_state: bool = True) -> tuple[torch.Tensor, State]:
+        """x: (B, T, d) -> (same shape, new state; {} without ``keep_state``)."""
         b = x.shape[0]
         if state is None:
             mem = {f"mem.{n}": t for n, t in self.mem.initial_memory(b).items()}
@@ -251,9 +254,11 @@ class MACBlock(nn.Module):
             mixed = torch.stack((self._retrieve(h, mem, p), h), dim=2).flatten(1, 2)
             y, cache = self.attn(mixed, cache if offset else None, 2 * offset, prefix=prefix)
             y = y[:, 1::2]
-            m, mem = self.mem(self.mem_norm(y), mem, p)
+            m, mem = self.mem(self.mem_norm(y), mem, p, keep_state or end < x.shape[1])
             outs.append(seg + _gate(y, m, self.norm_y, self.norm_m))
         x = torch.cat(outs, dim=1)
+        if not keep_state:
+            return x + self.mlp(self.mlp_norm(x)), {}
         if (pos + x.shape[1]) % self.segment == 0:
             shape = (b, self.attn.n_heads, 0, self.attn.head_dim)
             cache = {"k": x.new_zeros(shape), "v": x.new_zeros(shape)}

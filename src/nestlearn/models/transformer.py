@@ -57,8 +57,8 @@ class TransformerBlock(nn.Module):
         return {"k": torch.zeros(shape, device=device, dtype=dtype), "v": torch.zeros(shape, device=device, dtype=dtype)}
 
     def forward(self, x: torch.Tensor, state: dict[str, torch.Tensor] | None = None,
-                pos: int = 0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """x: (batch, seq, d_model) -> (same shape, KV cache)."""
+                pos: int = 0, keep_state: bool = True) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """x: (batch, seq, d_model) -> (same shape, KV cache; {} without ``keep_state``)."""
         h, state = self.attn(self.attn_norm(x), state, pos)
         x = x + h
-        return x + self.mlp(self.mlp_norm(x)), state
+        return x + self.mlp(self.mlp_norm(x)), (state if keep_state else {})

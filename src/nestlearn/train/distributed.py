@@ -170,7 +170,7 @@ def unused_parameters(model: nn.Module, seq_len: int, device: torch.device) -> l
     cleared afterwards.
     """
     tokens = torch.zeros(1, seq_len, dtype=torch.long, device=device)
-    model(tokens, targets=tokens).loss.backward()
+    model(tokens, targets=tokens, keep_state=False).loss.backward()
     unused = [name for name, p in model.named_parameters() if p.requires_grad and p.grad is None]
     model.zero_grad(set_to_none=True)
     return unused
@@ -182,7 +182,8 @@ class TrainingLoss(nn.Module):
     DDP marks as used every parameter that produced any output of the forward; the fast state is
     computed by parameters the loss may not depend on (a CMS level that writes only at the end of
     the window), whose gradients would then never arrive. Returning the loss alone avoids that,
-    and gives ``torch.compile`` a single tensor output.
+    and gives ``torch.compile`` a single tensor output; the model is asked for no state
+    (``keep_state=False``), so the writes only that state would hold are skipped.
     """
 
     def __init__(self, model: nn.Module):
@@ -191,7 +192,7 @@ class TrainingLoss(nn.Module):
 
     def forward(self, tokens: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """tokens, targets: (batch, seq) ids -> mean next-token cross-entropy (scalar)."""
-        return self.model(tokens, targets=targets).loss
+        return self.model(tokens, targets=targets, keep_state=False).loss
 
 
 def wrap_model(model: nn.Module, ctx: DistContext, device: torch.device, seq_len: int) -> nn.Module:
