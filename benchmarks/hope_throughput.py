@@ -75,12 +75,12 @@ def build(cfg: dict, seed: int = 0) -> CausalLM:
 
 
 def train_step_fn(model: CausalLM, batch: int, seq: int) -> Callable[[], None]:
-    """One training step (forward, backward, AdamW) on fixed random tokens."""
+    """One training step (forward, backward, AdamW) on fixed random tokens, as the trainer runs it (no state kept)."""
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     tokens = torch.randint(0, VOCAB, (batch, seq + 1), generator=torch.Generator().manual_seed(seq))
 
     def step() -> None:
-        model(tokens[:, :-1], targets=tokens[:, 1:]).loss.backward()
+        model(tokens[:, :-1], targets=tokens[:, 1:], keep_state=False).loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
 

@@ -56,7 +56,7 @@ def train_rate(size: dict, repeats: int) -> dict:
     x = torch.randint(0, 256, (size["batch"], size["seq_len"] + 1))
 
     def step():
-        loss = model(x[:, :-1], targets=x[:, 1:]).loss
+        loss = model(x[:, :-1], targets=x[:, 1:], keep_state=False).loss
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
