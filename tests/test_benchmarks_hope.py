@@ -32,6 +32,16 @@ def test_hope_throughput_quick(bench, tmp_path):
     assert result["max_param_deviation"] < 0.25  # tiny widths step coarsely; hope-small's match is tighter
 
 
+def test_keep_state_quick(bench, tmp_path):
+    out = tmp_path / "keep_state.json"
+    bench("keep_state").main(["--quick", "--out", str(out)])
+    rows = json.loads(out.read_text())["rows"]
+    assert {(r["model"], r["seq_len"]) for r in rows} == {(m, s) for m in ("hope", "titans") for s in (16, 32)}
+    assert all(r["step_s_kept"] > 0 and r["step_s_dropped"] > 0 for r in rows)
+    # The quick configs' memories write after their last chunk, which a dropped state skips.
+    assert all(r["flops_per_token_dropped"] < r["flops_per_token_kept"] for r in rows)
+
+
 def test_decode_quick(bench, tmp_path):
     out = tmp_path / "decode.json"
     bench("decode").main(["--quick", "--out", str(out)])
