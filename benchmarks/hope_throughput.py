@@ -14,12 +14,13 @@ Issue 4's target: Hope at least 0.5× Transformer++ at 1024 tokens and faster th
 
 Usage:
     python benchmarks/hope_throughput.py [--threads 0] [--repeats 3] [--lengths 256,1024,4096]
-        [--tokens 4096] [--quick] [--out result.json] [--write-docs]
+        [--tokens 4096] [--quick] [--out result.json] [--write-docs] [--set selfmod.heads=4 ...]
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime
 import json
 import platform
@@ -30,6 +31,8 @@ from pathlib import Path
 import torch
 from timing import count_flops, interleaved_medians
 
+from nestlearn.config import apply_overrides
+from nestlearn.errors import ConfigError
 from nestlearn.models import CausalLM
 from nestlearn.models.lm import match_width, model_config_from_dict
 from nestlearn.provenance import git_commit
@@ -59,9 +62,11 @@ def baseline_config(family: str, target: int, n_layers: int, max_seq_len: int, s
     return {**cfg, "d_model": d}
 
 
-def equal_param_configs(quick: bool, max_seq_len: int) -> dict[str, dict]:
-    """family -> model config dict: Hope (hope-small, or a tiny one) and width-matched Titans and Transformer++."""
-    hope = {"family": "hope", **(HOPE_QUICK if quick else HOPE), "max_seq_len": max_seq_len}
+def equal_param_configs(quick: bool, max_seq_len: int, overrides: list[str] | None = None) -> dict[str, dict]:
+    """family -> model config dict: Hope (hope-small, or a tiny one, with ``overrides`` such as
+    ``selfmod.heads=4`` applied) and width-matched Titans and Transformer++."""
+    base = copy.deepcopy(HOPE_QUICK if quick else HOPE)
+    hope = {"family": "hope", **apply_overrides(base, overrides or []), "max_seq_len": max_seq_len}
     target = non_embedding_params(hope)
     configs = {"hope": hope}
     for family in ("titans", "transformer"):
@@ -87,9 +92,9 @@ def train_step_fn(model: CausalLM, batch: int, seq: int) -> Callable[[], None]:
     return step
 
 
-def run(lengths: list[int], tokens: int, repeats: int, quick: bool = False) -> dict:
+def run(lengths: list[int], tokens: int, repeats: int, quick: bool = False, overrides: list[str] | None = None) -> dict:
     """Measure every model at every length; returns the JSON-ready result."""
-    configs = equal_param_configs(quick, max(lengths))
+    configs = equal_param_configs(quick, max(lengths), overrides)
     models = {name: build(cfg) for name, cfg in configs.items()}
     params = {name: m.num_parameters(non_embedding=True) for name, m in models.items()}
     rows = []
@@ -176,15 +181,20 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--quick", action="store_true", help="tiny models, short lengths, one repeat (a smoke test)")
     p.add_argument("--out", help="write the result as JSON to this file")
     p.add_argument("--write-docs", action="store_true", help=f"write the table into {DOCS.relative_to(ROOT)}")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a field of the Hope config, e.g. selfmod.heads=4 (repeatable); the baselines "
+                        "are width-matched to the result")
     argv = sys.argv[1:] if argv is None else argv
     args = p.parse_args(argv)
+    if args.write_docs and args.set:
+        raise ConfigError("--write-docs", "the docs table is hope-small's; run overrides (--set) without it")
     if args.threads:
         torch.set_num_threads(args.threads)
     lengths = [int(s) for s in args.lengths.split(",")]
     tokens, repeats = args.tokens, args.repeats
     if args.quick:
         lengths, tokens, repeats = [16, 32], 32, 1
-    result = run(lengths, tokens, repeats, quick=args.quick)
+    result = run(lengths, tokens, repeats, quick=args.quick, overrides=args.set)
     command = " ".join(["python benchmarks/hope_throughput.py", *argv])
     text = markdown(result, command)
     print(text)

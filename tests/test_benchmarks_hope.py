@@ -32,6 +32,18 @@ def test_hope_throughput_quick(bench, tmp_path):
     assert result["max_param_deviation"] < 0.25  # tiny widths step coarsely; hope-small's match is tighter
 
 
+def test_hope_throughput_overrides_rematch_the_baselines(bench, tmp_path):
+    module = bench("hope_throughput")
+    base = module.equal_param_configs(True, 32)
+    changed = module.equal_param_configs(True, 32, ["cms.signal=optimizer"])
+    assert changed["hope"]["cms"]["signal"] == "optimizer" and "signal" not in module.HOPE_QUICK["cms"]
+    fewer = module.non_embedding_params(changed["hope"]) < module.non_embedding_params(base["hope"])
+    assert fewer and changed["transformer"]["d_model"] < base["transformer"]["d_model"]
+    from nestlearn.errors import ConfigError
+    with pytest.raises(ConfigError, match="--write-docs"):
+        module.main(["--quick", "--set", "cms.signal=optimizer", "--write-docs"])
+
+
 def test_keep_state_quick(bench, tmp_path):
     out = tmp_path / "keep_state.json"
     bench("keep_state").main(["--quick", "--out", str(out)])
