@@ -79,13 +79,14 @@ def build(cfg: dict, seed: int = 0) -> CausalLM:
     return CausalLM(model_config_from_dict({**cfg, "vocab_size": VOCAB}))
 
 
-def train_step_fn(model: CausalLM, batch: int, seq: int) -> Callable[[], None]:
-    """One training step (forward, backward, AdamW) on fixed random tokens, as the trainer runs it (no state kept)."""
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+def train_step_fn(model: CausalLM, batch: int, seq: int, keep_state: bool = False, lr: float = 1e-4) -> Callable[[], None]:
+    """One training step (forward, backward, AdamW) on fixed random tokens, by default as the trainer
+    runs it (no state kept); ``lr=0`` keeps the weights fixed across steps."""
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
     tokens = torch.randint(0, VOCAB, (batch, seq + 1), generator=torch.Generator().manual_seed(seq))
 
     def step() -> None:
-        model(tokens[:, :-1], targets=tokens[:, 1:], keep_state=False).loss.backward()
+        model(tokens[:, :-1], targets=tokens[:, 1:], keep_state=keep_state).loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
 
@@ -172,15 +173,39 @@ def write_section(path: Path, markers: tuple[str, str], heading: str, body: str)
     path.write_text(text, encoding="utf-8")
 
 
-def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def step_benchmark_parser(description: str, lengths: str) -> argparse.ArgumentParser:
+    """The options of the training-step benchmarks (this script and ``keep_state.py``)."""
+    p = argparse.ArgumentParser(description=description)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave the default)")
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--lengths", default="256,1024,4096", help="comma-separated sequence lengths")
+    p.add_argument("--lengths", default=lengths, help="comma-separated sequence lengths")
     p.add_argument("--tokens", type=int, default=4096, help="tokens per training step (batch = tokens / seq)")
     p.add_argument("--quick", action="store_true", help="tiny models, short lengths, one repeat (a smoke test)")
     p.add_argument("--out", help="write the result as JSON to this file")
     p.add_argument("--write-docs", action="store_true", help=f"write the table into {DOCS.relative_to(ROOT)}")
+    return p
+
+
+def step_settings(args: argparse.Namespace) -> tuple[list[int], int, int]:
+    """Sets the torch threads; returns (lengths, tokens per step, repeats), tiny ones under ``--quick``."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.quick:
+        return [16, 32], 32, 1
+    return [int(s) for s in args.lengths.split(",")], args.tokens, args.repeats
+
+
+def report(result: dict, text: str, args: argparse.Namespace, markers: tuple[str, str], heading: str) -> None:
+    """Print the markdown, and write the JSON (``--out``) and the docs section (``--write-docs``)."""
+    print(text)
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=1), encoding="utf-8")
+    if args.write_docs:
+        write_section(DOCS, markers, heading, text)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = step_benchmark_parser(__doc__.splitlines()[0], "256,1024,4096")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a field of the Hope config, e.g. selfmod.heads=4 (repeatable); the baselines "
                         "are width-matched to the result")
@@ -188,21 +213,9 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     if args.write_docs and args.set:
         raise ConfigError("--write-docs", "the docs table is hope-small's; run overrides (--set) without it")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    lengths = [int(s) for s in args.lengths.split(",")]
-    tokens, repeats = args.tokens, args.repeats
-    if args.quick:
-        lengths, tokens, repeats = [16, 32], 32, 1
-    result = run(lengths, tokens, repeats, quick=args.quick, overrides=args.set)
-    command = " ".join(["python benchmarks/hope_throughput.py", *argv])
-    text = markdown(result, command)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(json.dumps(result, indent=1), encoding="utf-8")
-    if args.write_docs:
-        write_section(DOCS, MARKERS, "Hope, Titans and Transformer++ training throughput at equal parameters (issue 4)",
-                      text)
+    result = run(*step_settings(args), quick=args.quick, overrides=args.set)
+    text = markdown(result, " ".join(["python benchmarks/hope_throughput.py", *argv]))
+    report(result, text, args, MARKERS, "Hope, Titans and Transformer++ training throughput at equal parameters (issue 4)")
     return result
 
 

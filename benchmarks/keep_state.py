@@ -13,33 +13,22 @@ Usage:
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
-from collections.abc import Callable
-from pathlib import Path
 
 import torch
-from hope_throughput import DOCS, ROOT, VOCAB, build, environment, equal_param_configs, write_section
+from hope_throughput import (
+    build,
+    environment,
+    equal_param_configs,
+    report,
+    step_benchmark_parser,
+    step_settings,
+    train_step_fn,
+)
 from timing import count_flops, interleaved_medians
-
-from nestlearn.models import CausalLM
 
 MARKERS = ("<!-- keep-state:begin -->", "<!-- keep-state:end -->")
 MODELS = ("hope", "titans")
-
-
-def step_fn(model: CausalLM, batch: int, seq: int, keep_state: bool) -> Callable[[], None]:
-    """Forward, backward and AdamW on fixed random tokens; the optimiser is the same for both calls."""
-    opt = torch.optim.AdamW(model.parameters(), lr=0.0)  # lr 0: the two timed variants see the same weights
-    tokens = torch.randint(0, VOCAB, (batch, seq + 1), generator=torch.Generator().manual_seed(seq))
-
-    def step() -> None:
-        model(tokens[:, :-1], targets=tokens[:, 1:], keep_state=keep_state).loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
-    return step
 
 
 def run(lengths: list[int], tokens: int, repeats: int, quick: bool = False) -> dict:
@@ -48,7 +37,8 @@ def run(lengths: list[int], tokens: int, repeats: int, quick: bool = False) -> d
     rows = []
     for seq in lengths:
         batch = max(1, tokens // seq)
-        steps = {f"{n}/{kept}": step_fn(m, batch, seq, kept == "kept")
+        # lr 0: the kept and dropped steps of a model see the same weights.
+        steps = {f"{n}/{kept}": train_step_fn(m, batch, seq, keep_state=kept == "kept", lr=0.0)
                  for n, m in models.items() for kept in ("kept", "dropped")}
         medians = interleaved_medians(steps, repeats)
         flops = {key: count_flops(step) / (batch * seq) for key, step in steps.items()}
@@ -79,29 +69,12 @@ def markdown(result: dict, command: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave the default)")
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--lengths", default="256,512,1024", help="comma-separated sequence lengths")
-    p.add_argument("--tokens", type=int, default=4096, help="tokens per training step (batch = tokens / seq)")
-    p.add_argument("--quick", action="store_true", help="tiny models, short lengths, one repeat (a smoke test)")
-    p.add_argument("--out", help="write the result as JSON to this file")
-    p.add_argument("--write-docs", action="store_true", help=f"write the table into {DOCS.relative_to(ROOT)}")
+    p = step_benchmark_parser(__doc__.splitlines()[0], "256,512,1024")
     argv = sys.argv[1:] if argv is None else argv
     args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    lengths = [int(s) for s in args.lengths.split(",")]
-    tokens, repeats = args.tokens, args.repeats
-    if args.quick:
-        lengths, tokens, repeats = [16, 32], 32, 1
-    result = run(lengths, tokens, repeats, quick=args.quick)
-    text = markdown(result, " ".join(["python benchmarks/keep_state.py", *argv]))
-    print(text)
-    if args.out:
-        Path(args.out).write_text(json.dumps(result, indent=1), encoding="utf-8")
-    if args.write_docs:
-        write_section(DOCS, MARKERS, "Training without keeping the fast state (issue 4)", text)
+    result = run(*step_settings(args), quick=args.quick)
+    report(result, markdown(result, " ".join(["python benchmarks/keep_state.py", *argv])), args, MARKERS,
+           "Training without keeping the fast state (issue 4)")
     return result
 
 
