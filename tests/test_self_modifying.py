@@ -42,9 +42,20 @@ ABLATIONS = {
     "gelu": {"activation": "gelu"},
     "equal_chunks": {"chunk_size_other": 4},
     "v_norm_none": {"v_norm": "none"},
+    "momentum_ema": {"momentum_form": "ema"},
+    "signed": {"eigen": "signed"},
+    "signed_no_decay": {"eigen": "signed", "weight_decay": False},
+    "step_bounded": {"step_norm": "bounded"},
+    "step_implicit": {"step_norm": "implicit", "dgd_normalize": True},
+    "retain_initial": {"retain": "initial"},
+    "write_bound": {"write_bound": 0.3},
+    "stable_stopgrad": {"momentum_form": "ema", "step_norm": "bounded", "retain": "initial", "eigen": "signed",
+                        "write_bound": 0.5, "write_grad": "stopgrad"},
+    "stable_boundary": {"momentum_form": "ema", "step_norm": "bounded", "retain": "initial", "read": "boundary"},
 }
 GRAD_CASES = ("default", "v_norm_none", "stopgrad", "read_boundary", "gd", "momentum_off", "adaptive_q", "conv_input",
-              "conv_pointwise", "heads", "no_weight_decay", "dgd_normalize")
+              "conv_pointwise", "heads", "no_weight_decay", "dgd_normalize", "momentum_ema", "signed",
+              "step_bounded", "step_implicit", "retain_initial", "write_bound", "stable_stopgrad")
 
 
 def make_layer(seed: int = 0, d: int = D, **kwargs) -> SelfModifyingTitans:

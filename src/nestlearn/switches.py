@@ -1,7 +1,7 @@
 """The switch registry (decision D25): every switch of the paper's ambiguities and ablations, in one place.
 
 A *switch* is a configuration field that selects between readings of the paper (decisions D1–D20 of
-``shared/paper/decisions.md``) or turns a Table-6 ablation on. Each :class:`Switch` names its
+``shared/paper/decisions.md``; S1–S6 are the stability and range switches of ``docs/design.md``) or turns a Table-6 ablation on. Each :class:`Switch` names its
 dotted config path, the allowed values, the paper reference and the decision id; its default is
 read from the config dataclasses, so the registry cannot drift from the code (a test checks that
 every allowed value passes validation and that every field of the self-modifying and CMS configs
@@ -55,6 +55,11 @@ SWITCHES: tuple[Switch, ...] = (
     Switch(_SELFMOD + "dgd_normalize", (False, True), "Eq 57 vs Eq 88", "D6"),
     Switch(_SELFMOD + "eta_max", "number in (0, 1]", "Eqs 86–87 (scalar heads η, α)", "D8"),
     Switch(_SELFMOD + "momentum", ("data", "scalar", "off"), "Table 6 'w/o momentum'", "D9"),
+    Switch(_SELFMOD + "momentum_form", ("ema", "scaled"), "spec §5.7 (momentum's gain on the step)", "S1"),
+    Switch(_SELFMOD + "eigen", ("positive", "signed"), "Eq 88 (range of the DGD transition)", "S2"),
+    Switch(_SELFMOD + "step_norm", ("none", "implicit", "bounded"), "Eq 57 (η/(1 + η‖k‖²)) extended per weight", "S3"),
+    Switch(_SELFMOD + "retain", ("zero", "initial"), "Eq 88 retention α_t (its target)", "S4"),
+    Switch(_SELFMOD + "write_bound", "number >= 0 (0: none)", "not in the paper (a safety net)", "S5"),
     Switch(_SELFMOD + "adaptive_q", (False, True), "text under Eq 85; Table 6 'w/o inner-projection q'", "D10"),
     Switch(_SELFMOD + "adaptive_k", (True, False), "Eq 85; Table 6 'w/o inner-projection k'", "D10"),
     Switch(_SELFMOD + "adaptive_v", (True, False), "Eq 85; Table 6 'w/o inner-projection v'", "D10"),
@@ -82,6 +87,11 @@ SWITCHES: tuple[Switch, ...] = (
     Switch(_CMS + "level_assignment", ("every_layer", "depth_groups"), "§7.3 (ad-hoc level stacking)", "D17"),
     Switch(_CMS + "eta_max", "number >= 0 (units of 1/(C·d))", "Eq 71 (level learning rate)", "D13"),
     Switch(_CMS + "eta_init", "number in (0, 1)", "Eq 71", "D13"),
+    Switch("model.momentum", ("none", "titans", "scaled", "ema"), "Titans Eqs 9–10 (surprise momentum)", "S1"),
+    Switch("model.eigen", ("positive", "signed"), "delta rule's transition range (Grazzi et al. 2024)", "S2"),
+    Switch("model.step_norm", ("none", "implicit", "bounded"), "Eq 57 (η/(1 + η‖k‖²))", "S3"),
+    Switch("model.retain", ("zero", "initial"), "Titans Eq 13 forgetting gate (its target)", "S4"),
+    Switch("model.write_bound", "number >= 0 (0: none)", "not in the paper (a safety net)", "S5"),
     Switch("model.use_cms", (True, False), "Table 6 'w/o CMS'", "project"),
     Switch("state.policy", ("reset", "carry", "separator"), "§8 (pre-training vs streams)", "D18"),
     Switch("optim.dgd_form", ("long", "neurips"), "Eq 57 vs NL-N Eq 29", "D1", ("dgd",)),

@@ -49,12 +49,14 @@ from nestlearn.layers.norm import RMSNorm
 from nestlearn.layers.titans import causal_depthwise_conv
 from nestlearn.memory import (
     MemorySpec,
+    activation,
     chunk_bounds,
     init_memory_state,
     inner_loss,
     memory_apply,
     memory_scan,
 )
+from nestlearn.memory.spec import EIGENS, RETAINS, STEP_NORMS
 
 Tensor = torch.Tensor
 State = dict[str, Tensor]
@@ -78,6 +80,14 @@ class SelfModConfig:
         dgd_normalize: use η' = η/(1 + η‖k‖²) in both terms, as Eq 57 (D6).
         eta_max: bound of η_t, in (0, 1] (D8).
         momentum: ``"data"`` β_t = sigmoid(w_βᵀx_t + b_β), ``"scalar"`` one β per head, ``"off"`` (D9).
+        momentum_form: ``"ema"`` S ← βS + (1 − β)g or ``"scaled"`` S ← βS + g (D9 as first read;
+            it amplifies the step by up to 1/(1 − β)); the step is η S in both (design.md S1).
+        eigen: ``"positive"`` step η or ``"signed"`` step (1 + α)η, whose transition along k reaches
+            negative eigenvalues (design.md S2).
+        step_norm: ``"none"``, ``"implicit"`` (η/(1 + η‖p‖²)) or ``"bounded"`` (η/max(1, ‖p‖²)), per
+            weight with that weight's own input p (design.md S3).
+        retain: ``"initial"`` (decay toward the meta-learned initial state) or ``"zero"`` (design.md S4).
+        write_bound: bound τ on the norm of each token's gradient per weight, 0 for none (design.md S5).
         adaptive_q: q from a self-modifying memory instead of W_q (D10; ablation "w/o inner-projection q").
         adaptive_k, adaptive_v: k, v from self-modifying memories; False replaces them by static linear
             projections (ablations "w/o inner-projection k / v", Table 6).
@@ -110,6 +120,11 @@ class SelfModConfig:
     dgd_normalize: bool = False
     eta_max: float = 1.0
     momentum: str = "data"
+    momentum_form: str = "ema"
+    eigen: str = "signed"
+    step_norm: str = "bounded"
+    retain: str = "zero"
+    write_bound: float = 1.0
     adaptive_q: bool = False
     adaptive_k: bool = True
     adaptive_v: bool = True
@@ -139,6 +154,11 @@ class SelfModConfig:
         check_choice(f"{prefix}.inner_rule", self.inner_rule, ("dgd", "gd"))
         check_range(f"{prefix}.eta_max", self.eta_max, 0.0, 1.0, low_open=True)
         check_choice(f"{prefix}.momentum", self.momentum, ("data", "scalar", "off"))
+        check_choice(f"{prefix}.momentum_form", self.momentum_form, ("ema", "scaled"))
+        check_choice(f"{prefix}.eigen", self.eigen, EIGENS)
+        check_choice(f"{prefix}.step_norm", self.step_norm, STEP_NORMS)
+        check_choice(f"{prefix}.retain", self.retain, RETAINS)
+        check_positive(f"{prefix}.write_bound", self.write_bound, allow_zero=True)
         check_choice(f"{prefix}.conv", self.conv, ("qkv", "input", "none"))
         check_choice(f"{prefix}.qkv_activation", self.qkv_activation, ("silu", "none"))
         check_choice(f"{prefix}.output_gate", self.output_gate, ("sigmoid", "none"))
@@ -162,9 +182,10 @@ class SelfModConfig:
     def memory_spec(self, group: str) -> MemorySpec:
         """The primitive's spec of a memory group: its chunk grid, residual form and update rule."""
         spec = MemorySpec(kind="mlp", objective=self.objective, rule=self.inner_rule,
-                          momentum="none" if self.momentum == "off" else "scaled",
+                          momentum="none" if self.momentum == "off" else self.momentum_form,
                           chunk_size=self.chunk_size_memory, read="before", activation=self.activation,
-                          residual=True, write_grad=self.write_grad, field="model.selfmod")
+                          residual=True, write_grad=self.write_grad, eigen=self.eigen, step_norm=self.step_norm,
+                          retain=self.retain, write_bound=self.write_bound, field="model.selfmod")
         if group == "mem":
             return spec
         return replace(spec, chunk_size=self.chunk_size_other, residual=group == "proj")
@@ -429,8 +450,17 @@ class SelfModifyingTitans(nn.Module):
         view = {n: t.unflatten(1, (reps, self.n_heads)) for n, t in mem.items()}
         k1, v1 = k.unsqueeze(1), v.unsqueeze(1)
         gates = (None if g is None else g.unsqueeze(1) for g in (eta, alpha, beta))
-        _, new = memory_scan(self.specs[group], view, k1, k1, v1, *gates, pos=pos, outputs=False, self_values=True)
+        anchor = self.anchor(group, (reps, self.n_heads))
+        _, new = memory_scan(self.specs[group], view, k1, k1, v1, *gates, pos=pos, outputs=False, self_values=True,
+                             anchor=anchor, tag=group)
         return {n: t.flatten(1, 2) for n, t in new.items()}
+
+    def anchor(self, group: str, heads: tuple[int, ...] | None = None) -> State | None:
+        """The retention target of a group under ``retain="initial"``: its initial weights, with the
+        head axis unflattened to ``heads`` (the (G, H) view of :meth:`write_group`); None otherwise."""
+        if self.cfg.retain != "initial":
+            return None
+        return {n: (w if heads is None else w.unflatten(0, heads)) for n, w in self.initial[group].items()}
 
     def main_memory(self, mem: State, q: Tensor, k: Tensor, v: Tensor, eta: Tensor, alpha: Tensor | None,
                     beta: Tensor | None, pos: int, keep_state: bool = True) -> tuple[Tensor, State]:
@@ -443,7 +473,8 @@ class SelfModifyingTitans(nn.Module):
         """
         spec = self.specs["mem"]
         if self.cfg.read == "intra_chunk":
-            return memory_scan(spec, mem, q, k, v, eta, alpha, beta, pos=pos, self_values=True, final_state=keep_state)
+            return memory_scan(spec, mem, q, k, v, eta, alpha, beta, pos=pos, self_values=True, final_state=keep_state,
+                               anchor=self.anchor("mem"), tag="mem")
         bounds = chunk_bounds(pos, q.shape[2], spec.chunk_size)
         sizes = [end - start for start, end in bounds]
         parts = [t.split(sizes, dim=2) for t in (q, k, v)]
@@ -454,7 +485,7 @@ class SelfModifyingTitans(nn.Module):
             outs.append(memory_apply(spec, boundary_weights(mem, pos + start, spec.chunk_size), qi))
             _, mem = memory_scan(spec, mem, qi, ki, vi, *(None if g is None else g[i] for g in gates),
                                  pos=pos + start, outputs=False, self_values=True,
-                                 final_state=keep_state or i < len(bounds) - 1)
+                                 final_state=keep_state or i < len(bounds) - 1, anchor=self.anchor("mem"), tag="mem")
         return torch.cat(outs, dim=2), mem
 
 
@@ -491,7 +522,10 @@ def self_modifying_reference(layer: SelfModifyingTitans, x: Tensor, state: State
         S_□ = β_t S_□ + g_□,   W₂ ← W₂(α_t I − η_t k_t k_tᵀ) − η_t S⁽²⁾_□,   W₁ ← α_t W₁ − η_t S⁽¹⁾_□,
 
     with g_□ the autograd inner gradient at the boundary state (Eq 88, D6, D9; "gd" drops −η k kᵀ;
-    no momentum: S = g). ``write_grad="stopgrad"`` runs the writes on detached values and reads
+    no momentum: S = g). The stability and range switches are applied literally (design.md S1–S5):
+    ``momentum_form="ema"`` S_□ = β_t S_□ + (1 − β_t) g_□; ``eigen="signed"`` η → (1 + α_t)η;
+    ``step_norm`` η per weight from its input (k for W₂, σ(W₂k) for W₁); ``write_bound`` scales g per
+    weight to norm ≤ τ; ``retain="initial"`` adds (1 − α_t)θ_{□,0} to each weight. ``write_grad="stopgrad"`` runs the writes on detached values and reads
     θ₀ + sg(Δ) (D3). Slow; for tests (float64), differentiable with ``create_graph``.
     """
     cfg = layer.cfg
@@ -557,25 +591,41 @@ def self_modifying_reference(layer: SelfModifyingTitans, x: Tensor, state: State
             k, eta, alpha = k.detach(), eta.detach(), alpha.detach()
             beta = None if beta is None else beta.detach()
             targets = {g: v_hat.detach() for g, v_hat in targets.items()}
+        if cfg.eigen == "signed":
+            eta = (1 + alpha) * eta
         for g in groups:
             reps = layer.group_sizes(g)
             kg = repeat_groups(k, reps)
             eta_g, alpha_g = (repeat_groups(s, reps)[..., None] for s in (eta, alpha))  # (B, G·H, 1, 1)
             boundary = {n: st[f"{g}.{n}_b"] for n in ("W1", "W2")}
             grads = _inner_grads(layer.specs[g], boundary, kg, targets[g])
-            steps = {}
+            inputs = {"W2": kg, "W1": activation(cfg.activation, kg @ boundary["W2"].mT)}
+            steps, etas = {}, {}
             for n in ("W1", "W2"):
+                eta_n = eta_g
+                if cfg.step_norm != "none":
+                    sq = inputs[n].pow(2).sum(-1, keepdim=True)
+                    eta_n = eta_g / (1 + eta_g * sq) if cfg.step_norm == "implicit" else eta_g / sq.clamp(min=1.0)
+                grad = grads[n]
+                if cfg.write_bound > 0:
+                    grad = grad * torch.clamp(cfg.write_bound / grad.pow(2).sum((-2, -1), keepdim=True).sqrt(), max=1.0)
                 if momentum:
                     beta_g = repeat_groups(beta, reps)[..., None]
-                    st[f"{g}.{n}_mom"] = beta_g * st[f"{g}.{n}_mom"] + grads[n]
-                    steps[n] = eta_g * st[f"{g}.{n}_mom"]
+                    gain = 1 - beta_g if cfg.momentum_form == "ema" else 1
+                    st[f"{g}.{n}_mom"] = beta_g * st[f"{g}.{n}_mom"] + gain * grad
+                    steps[n] = eta_n * st[f"{g}.{n}_mom"]
                 else:
-                    steps[n] = eta_g * grads[n]
+                    steps[n] = eta_n * grad
+                etas[n] = eta_n
             key = kg.mT  # (B, G·H, d/H, 1)
             eye = torch.eye(key.shape[-2], dtype=key.dtype, device=key.device)
-            decay = alpha_g * eye - eta_g * (key @ key.mT) if cfg.inner_rule == "dgd" else alpha_g * eye
+            decay = alpha_g * eye - etas["W2"] * (key @ key.mT) if cfg.inner_rule == "dgd" else alpha_g * eye
             st[f"{g}.W2"] = st[f"{g}.W2"] @ decay - steps["W2"]
             st[f"{g}.W1"] = alpha_g * st[f"{g}.W1"] - steps["W1"]
+            if cfg.retain == "initial":
+                for n in ("W1", "W2"):
+                    w0 = layer.initial[g][n].detach() if stop else layer.initial[g][n]
+                    st[f"{g}.{n}"] = st[f"{g}.{n}"] + (1 - alpha_g) * w0
     end = pos + x.shape[1]
     for g in groups:
         if end % chunk[g] == 0:

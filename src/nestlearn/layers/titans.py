@@ -203,8 +203,9 @@ class MemoryLayer(nn.Module):
         """
         q, k, v, cache = self.features(x, None if state is None else state.get("conv"))
         eta, alpha, beta = self.gate_values(x)
+        anchor = dict(self.initial) if self.spec.retain == "initial" else None
         o, mem = memory_scan(self.spec, self.memory_state(state, x.shape[0]), q, k, v, eta, alpha, beta, pos,
-                             final_state=keep_state)
+                             final_state=keep_state, anchor=anchor, tag="mem")
         if not keep_state:
             return self.output(o, x), {}
         new_state = {f"mem.{n}": t for n, t in mem.items()}

@@ -31,6 +31,7 @@ from dataclasses import dataclass, replace
 import torch
 import torch.nn.functional as F
 
+from nestlearn.memory import monitor
 from nestlearn.memory.spec import MemorySpec
 
 Tensor = torch.Tensor
@@ -163,27 +164,88 @@ class _Coefficients:
         )
 
 
-def _coefficients(spec: MemorySpec, eta: Tensor, alpha: Tensor | None, beta: Tensor | None) -> _Coefficients:
-    """The weights for reads after each token of a chunk, from its gates (each (..., n))."""
-    n = eta.shape[-1]
-    ones = torch.ones_like(eta)
-    alpha = ones if alpha is None else alpha
-    d_alpha = segment_products(alpha)
-    a0 = alpha.cumprod(dim=-1)
-    gk = d_alpha * eta.unsqueeze(-2) if spec.rule == "dgd" else None
+@dataclass(frozen=True)
+class _GateProducts:
+    """The gates' segment products, shared by every weight of a chunk: D^α, A, and with momentum D^β, B."""
+
+    d_alpha: Tensor
+    a0: Tensor
+    d_beta: Tensor | None
+    b: Tensor | None
+
+
+def _gate_products(spec: MemorySpec, eta: Tensor, alpha: Tensor | None, beta: Tensor | None) -> _GateProducts:
+    alpha = torch.ones_like(eta) if alpha is None else alpha
     if spec.momentum == "none":
-        return _Coefficients(a0, None, d_alpha * eta.unsqueeze(-2), gk, None, None)
-    c, d = (eta, ones) if spec.momentum == "titans" else (ones, eta)
-    d_beta = segment_products(beta)
-    b = beta.cumprod(dim=-1)
-    left = d_alpha * d.unsqueeze(-2)
-    return _Coefficients(a0=a0, sig=(left @ b.unsqueeze(-1)).squeeze(-1), gm=left @ (d_beta * c.unsqueeze(-2)),
-                         gk=gk, mom_end=d_beta[..., n - 1, :] * c, b_end=b[..., n - 1])
+        return _GateProducts(segment_products(alpha), alpha.cumprod(dim=-1), None, None)
+    return _GateProducts(segment_products(alpha), alpha.cumprod(dim=-1), segment_products(beta), beta.cumprod(dim=-1))
 
 
-def _read(co: _Coefficients, x0: Tensor, s0: Tensor | None, e: Tensor, p: Tensor, z: Tensor) -> Tensor:
+def _coefficients(spec: MemorySpec, gp: _GateProducts, eta: Tensor, beta: Tensor | None, gscale: Tensor | None,
+                  dgd: bool) -> _Coefficients:
+    """The weights for reads after each token of a chunk, for one weight.
+
+    eta: (..., n) that weight's step (also the DGD coefficient γ when ``dgd``); gscale: (..., n) the
+    write bound's factor on its gradients, or None. With momentum the gradient enters S with c_t and
+    S enters the step with d_t: (η, 1) titans, (1, η) scaled, (1 − β, η) ema.
+    """
+    n = eta.shape[-1]
+    gk = gp.d_alpha * eta.unsqueeze(-2) if dgd else None
+    if spec.momentum == "none":
+        step = eta if gscale is None else eta * gscale
+        return _Coefficients(gp.a0, None, gp.d_alpha * step.unsqueeze(-2), gk, None, None)
+    if spec.momentum == "titans":
+        c, d = eta, torch.ones_like(eta)
+    elif spec.momentum == "scaled":
+        c, d = torch.ones_like(eta), eta
+    else:
+        c, d = 1 - beta, eta
+    if gscale is not None:
+        c = c * gscale
+    left = gp.d_alpha * d.unsqueeze(-2)
+    return _Coefficients(a0=gp.a0, sig=(left @ gp.b.unsqueeze(-1)).squeeze(-1), gm=left @ (gp.d_beta * c.unsqueeze(-2)),
+                         gk=gk, mom_end=gp.d_beta[..., n - 1, :] * c, b_end=gp.b[..., n - 1])
+
+
+def weight_step(spec: MemorySpec, eta: Tensor, e: Tensor, p: Tensor) -> tuple[Tensor, Tensor | None]:
+    """One weight's step and gradient scale from its factors g_t = e_t p_tᵀ (spec module docstring).
+
+    Args:
+        eta: (..., n) the effective step (after the ``eigen`` range); e: (..., n, d_out); p: (..., n, d_in).
+
+    Returns:
+        the normalised step (..., n) (``step_norm``) and the write bound's factor min(1, τ/‖g_t‖_F)
+        (..., n), or None without a bound.
+    """
+    if spec.step_norm != "none":
+        sq = p.pow(2).sum(-1)
+        eta = eta / (1 + eta * sq) if spec.step_norm == "implicit" else eta / sq.clamp(min=1.0)
+    if spec.write_bound <= 0:
+        return eta, None
+    tau2 = spec.write_bound ** 2
+    # τ / sqrt(max(‖e‖²‖p‖², τ²)): the square root never sees 0, so its gradient stays finite.
+    return eta, spec.write_bound / (e.pow(2).sum(-1) * p.pow(2).sum(-1)).clamp(min=tau2).sqrt()
+
+
+def _weight_coefficients(spec: MemorySpec, eta: Tensor, alpha: Tensor | None, beta: Tensor | None,
+                         factors: dict[str, tuple[Tensor, Tensor]], first: str) -> dict[str, _Coefficients]:
+    """Each weight's chunk coefficients; one shared set unless steps are normalised or bounded per weight."""
+    gp = _gate_products(spec, eta, alpha, beta)
+    dgd = spec.rule == "dgd"
+    if spec.step_norm == "none" and spec.write_bound <= 0:
+        co = _coefficients(spec, gp, eta, beta, None, dgd)
+        return {name: co for name in factors}
+    out = {}
+    for name, (e, p) in factors.items():
+        step, gscale = weight_step(spec, eta, e, p)
+        out[name] = _coefficients(spec, gp, step, beta, gscale, dgd and name == first)
+    return out
+
+
+def _read(co: _Coefficients, x0: Tensor, s0: Tensor | None, e: Tensor, p: Tensor, z: Tensor,
+          anchor: Tensor | None = None) -> Tensor:
     """Row t of the result is X_t z_t (X at the coefficient rows of ``co``) for a weight without DGD
-    values; z: (..., n, d_in).
+    values; z: (..., n, d_in); ``anchor`` W₀ of ``retain="initial"`` (adds (1 − A_t) W₀ z_t).
 
     The boundary terms A_t X_0 z_t − σ_t S_0 z_t are one matmul over concatenated operands (fewer,
     larger products are faster on CPU).
@@ -192,12 +254,22 @@ def _read(co: _Coefficients, x0: Tensor, s0: Tensor | None, e: Tensor, p: Tensor
         out = (co.a0.unsqueeze(-1) * z) @ x0.mT
     else:
         out = torch.cat((co.a0.unsqueeze(-1) * z, -co.sig.unsqueeze(-1) * z), dim=-1) @ torch.cat((x0, s0), dim=-1).mT
+    if anchor is not None:
+        out = out + ((1 - co.a0).unsqueeze(-1) * z) @ anchor.mT
     return out - (co.gm * (z @ p.mT)) @ e
 
 
+def _cat(parts: tuple[Tensor, ...], dim: int) -> Tensor:
+    """torch.cat after broadcasting the leading axes (a group's G memories share keys and gates, but a
+    per-weight write bound gives their coefficients the G axis)."""
+    lead = torch.broadcast_shapes(*(t.shape[:-2] for t in parts))
+    return torch.cat([t.expand(*lead, *t.shape[-2:]) for t in parts], dim=dim)
+
+
 def _end_state(co: _Coefficients, x0: Tensor, s0: Tensor | None, e: Tensor, p: Tensor,
-               u: Tensor | None) -> tuple[Tensor, Tensor | None]:
-    """(X_n, S_n) after the chunk's last token; ``u`` the DGD values (then p are the keys).
+               u: Tensor | None, anchor: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+    """(X_n, S_n) after the chunk's last token; ``u`` the DGD values (then p are the keys); ``anchor``
+    W₀ of ``retain="initial"``, which adds (1 − A_n) W₀ (the anchor's terms telescope over the chunk).
 
     The chunk's sums share their left factor ([e; u]ᵀ [−Gm∘p; −Gk∘k] for X_n; with momentum and no
     DGD values eᵀ [−Gm∘p | mom∘p] gives both), with the minus signs on the small right factor. The
@@ -207,7 +279,7 @@ def _end_state(co: _Coefficients, x0: Tensor, s0: Tensor | None, e: Tensor, p: T
     neg = -co.gm[..., -1, :].unsqueeze(-1) * p
     s = None
     if u is not None:
-        acc = torch.cat((e, u), dim=-2).mT @ torch.cat((neg, -co.gk[..., -1, :].unsqueeze(-1) * p), dim=-2)
+        acc = _cat((e, u), -2).mT @ _cat((neg, -co.gk[..., -1, :].unsqueeze(-1) * p), -2)
         if s0 is not None:
             s = e.mT @ (co.mom_end.unsqueeze(-1) * p)
     elif s0 is None:
@@ -215,6 +287,8 @@ def _end_state(co: _Coefficients, x0: Tensor, s0: Tensor | None, e: Tensor, p: T
     else:
         acc, s = (e.mT @ torch.cat((neg, co.mom_end.unsqueeze(-1) * p), dim=-1)).split(p.shape[-1], dim=-1)
     x = torch.addcmul(acc, co.a0[..., -1, None, None], x0)
+    if anchor is not None:
+        x = torch.addcmul(x, 1 - co.a0[..., -1, None, None], anchor)
     if s0 is not None:
         x = torch.addcmul(x, -co.sig[..., -1, None, None], s0)
         s = torch.addcmul(s, co.b_end[..., None, None], s0)
@@ -222,12 +296,13 @@ def _end_state(co: _Coefficients, x0: Tensor, s0: Tensor | None, e: Tensor, p: T
 
 
 def _chunk(spec: MemorySpec, cur: State, mom: State, grad_at: State, q: Tensor, k: Tensor, v: Tensor,
-           eta: Tensor, alpha: Tensor | None, beta: Tensor | None, stop_shift: State | None = None,
-           outputs: bool = True, self_values: bool = False, end_state: bool = True) -> tuple[Tensor | None, State, State]:
+           eta: Tensor, alpha: Tensor | None, beta: Tensor | None, anchor: State | None = None,
+           stop_shift: State | None = None, outputs: bool = True, self_values: bool = False,
+           end_state: bool = True) -> tuple[Tensor | None, State, State]:
     """One chunk: outputs (..., n, d_out) (None unless ``outputs``), new weights, new momenta.
 
     ``end_state=False`` skips the weights and momenta after the chunk (returned empty): the last
-    chunk of a call whose caller discards the state.
+    chunk of a call whose caller discards the state. ``anchor``: W₀ per weight (``retain="initial"``).
 
     ``stop_shift`` (stopgrad writes): θ₀ − sg(θ₀) per weight, added to every read weight, so reads see
     θ₀ + sg(Δ_t) while everything else in the chunk is detached by the caller. ``self_values``: the
@@ -237,13 +312,15 @@ def _chunk(spec: MemorySpec, cur: State, mom: State, grad_at: State, q: Tensor, 
     X_0 z, S_0 z and k zᵀ for z ∈ {k, q}; on an aligned chunk X_0 is the boundary state, so X_0 k and
     X_0 q come from the boundary product of :func:`_boundary_terms` instead of being recomputed.
     """
-    co = _coefficients(spec, eta, alpha, beta)
-    prev = co.before()
-    read_co = co if spec.read == "after" else prev
     first = "W" if spec.kind == "linear" else "W2"
     aligned = all(grad_at[n] is cur[n] for n in cur)
     factors, pre_k, pre_q = _boundary_terms(spec, grad_at, k, v, self_values, q if outputs and aligned else None)
-    x0, s0 = cur[first], mom.get(first)
+    cos = _weight_coefficients(spec, eta, alpha, beta, factors, first)
+    co = cos[first]
+    prev = co.before()
+    read_co = co if spec.read == "after" else prev
+    anchor = anchor or {}
+    x0, s0, a_first = cur[first], mom.get(first), anchor.get(first)
     dgd = spec.rule == "dgd"
     n = k.shape[-2]
     zs = torch.cat((k, q), dim=-2) if outputs else k
@@ -257,6 +334,7 @@ def _chunk(spec: MemorySpec, cur: State, mom: State, grad_at: State, q: Tensor, 
     else:
         k_x0, q_x0 = split(zs @ x0.mT)
     k_s0, q_s0 = split(zs @ s0.mT) if s0 is not None else (None, None)
+    k_a, q_a = split(zs @ a_first.mT) if a_first is not None else (None, None)
     k_k, q_k = split(zs @ k.mT)
     e = factors[first][0]
     u = None
@@ -265,10 +343,13 @@ def _chunk(spec: MemorySpec, cur: State, mom: State, grad_at: State, q: Tensor, 
         rhs = prev.a0.unsqueeze(-1) * k_x0 - (prev.gm * k_k) @ e
         if s0 is not None:
             rhs = rhs - prev.sig.unsqueeze(-1) * k_s0
+        if k_a is not None:
+            rhs = rhs + (1 - prev.a0).unsqueeze(-1) * k_a
         u = torch.linalg.solve_triangular(prev.gk * k_k, rhs, upper=False, unitriangular=True)
     new_w, new_m = {}, {}
     for name, (e_n, p_n) in factors.items() if end_state else ():
-        new_w[name], s = _end_state(co, cur[name], mom.get(name), e_n, p_n, u if name == first else None)
+        new_w[name], s = _end_state(cos[name], cur[name], mom.get(name), e_n, p_n, u if name == first else None,
+                                    anchor.get(name))
         if s is not None:
             new_m[name] = s
     if not outputs:
@@ -276,8 +357,10 @@ def _chunk(spec: MemorySpec, cur: State, mom: State, grad_at: State, q: Tensor, 
     out = read_co.a0.unsqueeze(-1) * q_x0
     if s0 is not None:
         out = out - read_co.sig.unsqueeze(-1) * q_s0
+    if q_a is not None:
+        out = out + (1 - read_co.a0).unsqueeze(-1) * q_a
     if dgd:
-        out = out - torch.cat((read_co.gm * q_k, read_co.gk * q_k), dim=-1) @ torch.cat((e, u), dim=-2)
+        out = out - _cat((read_co.gm * q_k, read_co.gk * q_k), -1) @ _cat((e, u), -2)
     else:
         out = out - (read_co.gm * q_k) @ e
     if stop_shift is not None:
@@ -286,13 +369,17 @@ def _chunk(spec: MemorySpec, cur: State, mom: State, grad_at: State, q: Tensor, 
         return out, new_w, new_m
     hidden = activation(spec.activation, out)
     e1, act = factors["W1"]
-    out = _read(read_co, cur["W1"], mom.get("W1"), e1, act, hidden)
+    co1 = read_co if cos["W1"] is co else (cos["W1"] if spec.read == "after" else cos["W1"].before())
+    out = _read(co1, cur["W1"], mom.get("W1"), e1, act, hidden, anchor.get("W1"))
     if stop_shift is not None:
         out = out + hidden @ stop_shift["W1"].mT
     return (q + out if spec.residual else out), new_w, new_m
 
 
-def _check_inputs(spec: MemorySpec, state: State, eta: Tensor, alpha: Tensor | None, beta: Tensor | None) -> None:
+def _check_inputs(spec: MemorySpec, state: State, eta: Tensor, alpha: Tensor | None, beta: Tensor | None,
+                  anchor: State | None) -> None:
+    if (spec.retain == "initial") != (anchor is not None):
+        raise ValueError(f"anchor must be given exactly when retain='initial' (retain={spec.retain!r})")
     missing = [n for n in spec.state_names if n not in state]
     if missing:
         raise KeyError(f"memory state lacks {missing}; expected keys {list(spec.state_names)}")
@@ -315,9 +402,17 @@ def chunk_bounds(pos: int, length: int, chunk_size: int) -> list[tuple[int, int]
     return bounds
 
 
+def effective_eta(spec: MemorySpec, eta: Tensor, alpha: Tensor | None) -> Tensor:
+    """The step before per-weight normalisation: η (``eigen="positive"``) or (1 + α)η (``"signed"``)."""
+    if spec.eigen == "positive":
+        return eta
+    return 2 * eta if alpha is None else (1 + alpha) * eta
+
+
 def memory_scan(spec: MemorySpec, state: State, q: Tensor, k: Tensor, v: Tensor, eta: Tensor,
                 alpha: Tensor | None = None, beta: Tensor | None = None, pos: int = 0, *,
-                outputs: bool = True, self_values: bool = False, final_state: bool = True) -> tuple[Tensor | None, State]:
+                outputs: bool = True, self_values: bool = False, final_state: bool = True,
+                anchor: State | None = None, tag: str = "memory") -> tuple[Tensor | None, State]:
     """Run the memory over a sequence, chunk-parallel (the fast path; spec §5.9, [T Eqs 16–18]).
 
     Args:
@@ -337,6 +432,10 @@ def memory_scan(spec: MemorySpec, state: State, q: Tensor, k: Tensor, v: Tensor,
         final_state: False when the caller discards the returned state (training with a fresh state
             per sequence): the last chunk's write, which only that state would hold, is skipped and
             the state comes back empty. The outputs are unchanged.
+        anchor: the retention target W₀ per weight name (broadcastable to the weights), required
+            exactly when ``spec.retain == "initial"``.
+        tag: the memory's name in :mod:`nestlearn.memory.monitor` records (fast-weight norms and the
+            first non-finite read), prefixed by the enclosing block's scope.
 
     Leading ``...`` axes broadcast between the state, the token tensors and the gates, so memories
     that share keys and gates (state (B, G, H, ...), keys (B, 1, H, ...)) run as one call and share
@@ -346,7 +445,7 @@ def memory_scan(spec: MemorySpec, state: State, q: Tensor, k: Tensor, v: Tensor,
         outputs (..., T, d_out) (read after or before each token's write, ``spec.read``; None without
         ``outputs``) and the new state ({} without ``final_state``).
     """
-    _check_inputs(spec, state, eta, alpha, beta)
+    _check_inputs(spec, state, eta, alpha, beta, anchor)
     names = spec.weight_names
     shift = None
     if spec.write_grad == "stopgrad":
@@ -355,6 +454,9 @@ def memory_scan(spec: MemorySpec, state: State, q: Tensor, k: Tensor, v: Tensor,
         k, v, eta = k.detach(), v.detach(), eta.detach()
         alpha = None if alpha is None else alpha.detach()
         beta = None if beta is None else beta.detach()
+        anchor = None if anchor is None else {n: w.detach() for n, w in anchor.items()}
+    eta = effective_eta(spec, eta, alpha)
+    watch = monitor.active()
     cur = {n: state[n] for n in names}
     mom = {n: state[f"{n}_mom"] for n in names} if spec.momentum != "none" else {}
     grad_at = {n: state[f"{n}_b"] for n in names} if pos % spec.chunk_size else dict(cur)
@@ -372,9 +474,11 @@ def memory_scan(spec: MemorySpec, state: State, q: Tensor, k: Tensor, v: Tensor,
         if (pos + start) % spec.chunk_size == 0:
             grad_at = dict(cur)
         out, cur, mom = _chunk(spec, cur, mom, grad_at, *(x[i] for x in pieces),
-                               *(None if g is None else g[i] for g in gates), stop_shift=shift,
+                               *(None if g is None else g[i] for g in gates), anchor=anchor, stop_shift=shift,
                                outputs=outputs, self_values=self_values, end_state=final_state or not last)
         outs.append(out)
+        if watch is not None:
+            watch.observe(tag, pos + start, cur, out, sizes[i])
     if not final_state:
         return (torch.cat(outs, dim=-2) if outputs else None), {}
     if (pos + q.shape[-2]) % spec.chunk_size == 0:

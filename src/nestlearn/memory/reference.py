@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import torch
 
-from nestlearn.memory.ops import State, chunk_bounds, memory_apply
+from nestlearn.memory import monitor
+from nestlearn.memory.ops import State, activation, chunk_bounds, memory_apply
 from nestlearn.memory.spec import MemorySpec
 
 Tensor = torch.Tensor
@@ -40,16 +41,21 @@ def _autograd_grads(spec: MemorySpec, weights: State, k: Tensor, v: Tensor) -> S
 
 def memory_scan_reference(spec: MemorySpec, state: State, q: Tensor, k: Tensor, v: Tensor, eta: Tensor,
                           alpha: Tensor | None = None, beta: Tensor | None = None,
-                          pos: int = 0, final_state: bool = True) -> tuple[Tensor, State]:
+                          pos: int = 0, final_state: bool = True, anchor: State | None = None,
+                          tag: str = "memory") -> tuple[Tensor, State]:
     """Same contract as :func:`nestlearn.memory.memory_scan`, one token at a time (every write is
-    computed; without ``final_state`` the state comes back empty).
+    computed; without ``final_state`` the state comes back empty; the monitor sees every token).
 
-    For token t (absolute position pos + t) with boundary state M_b of its chunk:
-        g_t = ∇ℓ(M_b; k_t, v_t)
-        S_t = β_t S_{t−1} + η_t g_t   (titans)  or  β_t S_{t−1} + g_t  (scaled)
-        step_t = η_t g_t (none) | S_t (titans) | η_t S_t (scaled)
-        W_t = W_{t−1}(α_t I − η_t k_t k_tᵀ) − step_t   on the key-consuming weight with DGD,
-        W_t = α_t W_{t−1} − step_t                      otherwise,
+    For token t (absolute position pos + t) with boundary state M_b of its chunk, and each weight W
+    with input p_W (k_t for the key-consuming weight, σ(W₂,b k_t) for W₁):
+        η̃_t = η_t (eigen "positive") or (1 + α_t) η_t ("signed")
+        η_W = η̃_t | η̃_t/(1 + η̃_t‖p_W‖²) (step_norm "implicit") | η̃_t/max(1, ‖p_W‖²) ("bounded")
+        g_W = s_W ∇_W ℓ(M_b; k_t, v_t),  s_W = min(1, τ/‖∇_W ℓ‖_F) with a write bound τ, else 1
+        S_W = β_t S_W + η_W g_W (titans) | β_t S_W + g_W (scaled) | β_t S_W + (1 − β_t) g_W (ema)
+        step_W = η_W g_W (none) | S_W (titans) | η_W S_W (scaled, ema)
+        R = (1 − α_t) W₀ with retain "initial" (W₀ = ``anchor``), else 0
+        W ← W(α_t I − η_W k_t k_tᵀ) + R − step_W   on the key-consuming weight with DGD,
+        W ← α_t W + R − step_W                      otherwise,
         y_t = M_t(q_t) (read "after") or M_{t−1}(q_t) (read "before").
     """
     names = spec.weight_names
@@ -61,6 +67,7 @@ def memory_scan_reference(spec: MemorySpec, state: State, q: Tensor, k: Tensor, 
         k, v, eta = k.detach(), v.detach(), eta.detach()
         alpha = None if alpha is None else alpha.detach()
         beta = None if beta is None else beta.detach()
+        anchor = None if anchor is None else {n: w.detach() for n, w in anchor.items()}
 
     def weights(w: State) -> State:
         if spec.write_grad == "differentiable":
@@ -71,6 +78,8 @@ def memory_scan_reference(spec: MemorySpec, state: State, q: Tensor, k: Tensor, 
     mom = {n: state[f"{n}_mom"] for n in names} if spec.momentum != "none" else {}
     boundary = {n: state[f"{n}_b"] for n in names}
     ones = torch.ones_like(eta)
+    if spec.eigen == "signed":
+        eta = eta * (2 * ones if alpha is None else 1 + alpha)
     alpha = ones if alpha is None else alpha
     length = q.shape[-2]
     starts = {start for start, _ in chunk_bounds(pos, length, spec.chunk_size) if (pos + start) % spec.chunk_size == 0}
@@ -83,25 +92,44 @@ def memory_scan_reference(spec: MemorySpec, state: State, q: Tensor, k: Tensor, 
         if spec.read == "before":
             outs.append(memory_apply(spec, weights(cur), qt))
         grads = _autograd_grads(spec, boundary, kt, vt)
+        inputs = {dgd_weight: kt}
+        if spec.kind == "mlp":
+            inputs["W1"] = activation(spec.activation, kt @ boundary["W2"].mT)
         new = {}
         for n in names:
+            eta_n = eta_t
+            if spec.step_norm != "none":
+                sq = inputs[n].pow(2).sum(-1, keepdim=True)  # (..., 1, 1)
+                eta_n = eta_t / (1 + eta_t * sq) if spec.step_norm == "implicit" else eta_t / sq.clamp(min=1.0)
+            g = grads[n]
+            if spec.write_bound > 0:
+                g_norm = g.pow(2).sum((-2, -1), keepdim=True).sqrt()
+                g = g * torch.clamp(spec.write_bound / g_norm, max=1.0)
             if spec.momentum == "none":
-                step = eta_t * grads[n]
+                step = eta_n * g
             elif spec.momentum == "titans":
-                mom[n] = beta[..., t, None, None] * mom[n] + eta_t * grads[n]
+                mom[n] = beta[..., t, None, None] * mom[n] + eta_n * g
                 step = mom[n]
+            elif spec.momentum == "scaled":
+                mom[n] = beta[..., t, None, None] * mom[n] + g
+                step = eta_n * mom[n]
             else:
-                mom[n] = beta[..., t, None, None] * mom[n] + grads[n]
-                step = eta_t * mom[n]
+                b_t = beta[..., t, None, None]
+                mom[n] = b_t * mom[n] + (1 - b_t) * g
+                step = eta_n * mom[n]
             if spec.rule == "dgd" and n == dgd_weight:
                 key = kt.mT  # (..., d_in, 1)
                 eye = torch.eye(key.shape[-2], dtype=key.dtype, device=key.device)
-                new[n] = cur[n] @ (alpha_t * eye - eta_t * (key @ key.mT)) - step
+                new[n] = cur[n] @ (alpha_t * eye - eta_n * (key @ key.mT)) - step
             else:
                 new[n] = alpha_t * cur[n] - step
+            if spec.retain == "initial":
+                new[n] = new[n] + (1 - alpha_t) * anchor[n]
         cur = new
         if spec.read == "after":
             outs.append(memory_apply(spec, weights(cur), qt))
+        if (mon := monitor.active()) is not None:
+            mon.observe(tag, pos + t, cur, outs[-1])
     if not final_state:
         return torch.cat(outs, dim=-2), {}
     if (pos + length) % spec.chunk_size == 0:

@@ -23,6 +23,20 @@ Conventions (one sample, one head; the implementation carries a batch and a head
   - ``"titans"``: S_t = β_t S_{t−1} + η_t g_t, step = S_t. Titans' surprise [T Eqs 9–10, 13–14] is −S_t
     (the state stores accumulated gradients, so both momentum forms share one sign).
   - ``"scaled"``: S_t = β_t S_{t−1} + g_t, step = η_t S_t  (D9, spec §5.7).
+  - ``"ema"``: S_t = β_t S_{t−1} + (1 − β_t) g_t, step = η_t S_t: the momentum's gain on a constant
+    gradient is 1, so it cannot amplify the step (``"scaled"`` amplifies it by 1/(1 − β)); design.md, S1.
+* Step range (``eigen``, design.md S2): the effective step is η_t (``"positive"``) or (1 + α_t) η_t
+  (``"signed"``; α ≡ 1 without decay). Along a unit key the DGD transition α_t − η_t‖k‖² then spans
+  [−1, α_t) instead of [0, α_t): negative eigenvalues, which state tracking needs.
+* Step normalisation (``step_norm``, design.md S3), per weight X with input p_X (k for the weight that
+  consumes k, σ(W₂k) for W₁), applied to the effective step in both of its terms (DGD and gradient):
+  ``"none"``; ``"implicit"`` η/(1 + η‖p_X‖²) (Eq 57 extended to every weight); ``"bounded"``
+  η/max(1, ‖p_X‖²): unchanged for inputs of norm ≤ 1, bounded by the input's curvature above.
+* Retention target (``retain``, design.md S4): ``"zero"`` W ← α_t W …, the paper's decay toward 0;
+  ``"initial"`` W ← α_t W + (1 − α_t) W₀ …, decay toward the meta-learned initial state W₀ (the
+  ``anchor`` argument of the scan).
+* Write bound (``write_bound`` τ > 0, design.md S5): each token's gradient g_t = e_t p_tᵀ is scaled by
+  min(1, τ/‖g_t‖_F) before it enters the step or the momentum; 0 turns it off.
 * Read (``read``): ``"after"`` returns y_t = M_t(q_t), the state after token t's write
   [T Eq 15, NL-L Eq 16]; ``"before"`` returns M_{t−1}(q_t), read-before-write [NL-L Eq 94, D5].
 * Outer gradients through the writes (``write_grad``, D3): ``"differentiable"`` lets the outer loss
@@ -44,7 +58,10 @@ from nestlearn.errors import check_choice, check_positive
 KINDS = ("linear", "mlp")
 OBJECTIVES = ("l2", "dot")
 RULES = ("gd", "dgd")
-MOMENTA = ("none", "titans", "scaled")
+MOMENTA = ("none", "titans", "scaled", "ema")
+EIGENS = ("positive", "signed")
+STEP_NORMS = ("none", "implicit", "bounded")
+RETAINS = ("zero", "initial")
 READS = ("after", "before")
 ACTIVATIONS = ("silu", "gelu")
 WRITE_GRADS = ("differentiable", "stopgrad")
@@ -58,12 +75,16 @@ class MemorySpec:
         kind: ``"linear"`` or ``"mlp"``.
         objective: ``"l2"`` or ``"dot"``.
         rule: ``"gd"`` or ``"dgd"``.
-        momentum: ``"none"``, ``"titans"`` or ``"scaled"``.
+        momentum: ``"none"``, ``"titans"``, ``"scaled"`` or ``"ema"``.
         chunk_size: tokens per chunk C ≥ 1; gradients are taken at the chunk's boundary state.
         read: ``"after"`` (M_t(q_t)) or ``"before"`` (M_{t−1}(q_t)).
         activation: σ of the MLP memory, ``"silu"`` or ``"gelu"`` (D12).
         residual: the MLP memory adds its input (needs d_in = d_out).
         write_grad: ``"differentiable"`` or ``"stopgrad"`` (D3).
+        eigen: ``"positive"`` (step η) or ``"signed"`` (step (1 + α)η).
+        step_norm: ``"none"``, ``"implicit"`` or ``"bounded"``.
+        retain: ``"zero"`` or ``"initial"`` (decay toward the anchor W₀).
+        write_bound: τ ≥ 0, bound on ‖g_t‖_F per weight and token (0: none).
         field: dotted config prefix used in error messages.
     """
 
@@ -76,6 +97,10 @@ class MemorySpec:
     activation: str = "silu"
     residual: bool = True
     write_grad: str = "differentiable"
+    eigen: str = "positive"
+    step_norm: str = "none"
+    retain: str = "zero"
+    write_bound: float = 0.0
     field: str = "memory"
 
     def __post_init__(self) -> None:
@@ -87,6 +112,10 @@ class MemorySpec:
         check_choice(f"{self.field}.read", self.read, READS)
         check_choice(f"{self.field}.activation", self.activation, ACTIVATIONS)
         check_choice(f"{self.field}.write_grad", self.write_grad, WRITE_GRADS)
+        check_choice(f"{self.field}.eigen", self.eigen, EIGENS)
+        check_choice(f"{self.field}.step_norm", self.step_norm, STEP_NORMS)
+        check_choice(f"{self.field}.retain", self.retain, RETAINS)
+        check_positive(f"{self.field}.write_bound", self.write_bound, allow_zero=True)
 
     @property
     def weight_names(self) -> tuple[str, ...]:

@@ -21,6 +21,7 @@ stream can be processed segment by segment.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from torch.utils.checkpoint import checkpoint
 
 from nestlearn.errors import ConfigError, NestlearnError, check_positive
 from nestlearn.layers.norm import RMSNorm
+from nestlearn.memory import monitor
 
 _FAMILIES: dict[str, type["LMConfig"]] = {}
 
@@ -229,11 +231,13 @@ class CausalLM(nn.Module):
         layer_states = [None] * len(self.blocks) if state is None else state.layers
         new_states = []
         recompute = self.activation_checkpointing and torch.is_grad_enabled()
-        for blk, s in zip(self.blocks, layer_states):
-            if recompute:
-                x, s = checkpoint(blk, x, s, pos, keep_state, use_reentrant=False)
-            else:
-                x, s = blk(x, s, pos, keep_state)
+        watched = monitor.active() is not None
+        for i, (blk, s) in enumerate(zip(self.blocks, layer_states)):
+            with monitor.scope(f"layer{i}") if watched else contextlib.nullcontext():
+                if recompute:
+                    x, s = checkpoint(blk, x, s, pos, keep_state, use_reentrant=False)
+                else:
+                    x, s = blk(x, s, pos, keep_state)
             new_states.append(s)
         logits = F.linear(self.norm(x), self.head_weight)
         loss = None

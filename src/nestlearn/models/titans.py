@@ -42,6 +42,8 @@ class MemoryLMConfig(LMConfig):
         output_gate: sigmoid output gate before the output projection.
         memory_out_init: std of the MLP memory's initial W₁.
         write_grad: ``"differentiable"`` or ``"stopgrad"`` outer gradients through the memory writes (D3).
+        eigen, step_norm, retain, write_bound: the primitive's range and stability switches
+            (:class:`~nestlearn.memory.MemorySpec`; design.md S2–S5).
     """
 
     bounded_context = False
@@ -67,6 +69,10 @@ class MemoryLMConfig(LMConfig):
     output_gate: bool = True
     memory_out_init: float = 1e-3
     write_grad: str = "differentiable"
+    eigen: str = "positive"
+    step_norm: str = "none"
+    retain: str = "zero"
+    write_bound: float = 0.0
 
     def validate(self) -> None:
         super().validate()
@@ -93,11 +99,13 @@ class MemoryLMConfig(LMConfig):
         check_range("model.beta_init", self.beta_init, 0.0, 1.0, low_open=True, high_open=True)
         check_positive("model.memory_out_init", self.memory_out_init, allow_zero=True)
         check_choice("model.write_grad", self.write_grad, WRITE_GRADS)
+        self.memory_spec()  # the range and stability switches
 
     def memory_spec(self) -> MemorySpec:
         return MemorySpec(kind=self.memory_kind, objective=self.objective, rule=self.rule, momentum=self.momentum,
                           chunk_size=self.chunk_size, read=self.read, activation=self.memory_activation,
-                          write_grad=self.write_grad, field="model")
+                          write_grad=self.write_grad, eigen=self.eigen, step_norm=self.step_norm, retain=self.retain,
+                          write_bound=self.write_bound, field="model")
 
     def memory_layer(self) -> MemoryLayer:
         return MemoryLayer(self.d_model, self.n_heads, self.memory_spec(), memory_hidden=self.memory_hidden,
@@ -116,7 +124,14 @@ class MemoryLMConfig(LMConfig):
 @register_family("titans")
 @dataclass
 class TitansConfig(MemoryLMConfig):
-    """Titans (LMM): the neural long-term memory alone as the sequence model [T §4.3]."""
+    """Titans (LMM): the neural long-term memory alone as the sequence model [T §4.3].
+
+    Its momentum is the exponential average and each token's write is bounded (design.md S1, S5):
+    Titans' own momentum form diverges within 64 tokens with its gates near the top of their range.
+    """
+
+    momentum: str = "ema"
+    write_bound: float = 1.0
 
 
 class MemoryBlock(nn.Module):

@@ -45,6 +45,8 @@ class HybridConfig(MemoryLMConfig):
         rope_base: RoPE base of the attention.
     """
 
+    momentum: str = "ema"  # as TitansConfig (design.md S1, S5)
+    write_bound: float = 1.0
     n_persistent: int = 4
     window: int = 64
     rope_base: float = 10000.0

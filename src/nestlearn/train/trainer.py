@@ -26,6 +26,7 @@ from nestlearn.data.corpus import load_corpus
 from nestlearn.data.tokenizer import BPETokenizer, ByteTokenizer, tokenizer_from_description
 from nestlearn.errors import CheckpointError, ConfigError, DataError, NestlearnError
 from nestlearn.eval.lm import evaluate_bpb
+from nestlearn.memory import monitor
 from nestlearn.models.lm import CausalLM, model_config_from_dict, replace_config
 from nestlearn.optim.config import build_optimizer
 from nestlearn.provenance import provenance
@@ -275,8 +276,10 @@ class Trainer:
 
     def evaluate(self, full: bool = False) -> dict[str, float]:
         tc = self.cfg.train
-        return evaluate_bpb(self.model, self.val_ids, self.token_bytes, tc.seq_len, tc.batch_size,
-                            0 if full else tc.eval_tokens, tc.bf16)
+        with monitor.watch() as mon:
+            scores = evaluate_bpb(self.model, self.val_ids, self.token_bytes, tc.seq_len, tc.batch_size,
+                                  0 if full else tc.eval_tokens, tc.bf16)
+        return scores | fast_norms(mon)
 
     def train_step(self) -> dict[str, float]:
         """One optimizer step over ``grad_accum`` micro-batches; returns its metrics."""
@@ -286,17 +289,24 @@ class Trainer:
             group["lr"] = base * factor
         nats = torch.zeros((), dtype=torch.float64, device=self.device)
         n_bytes = 0
-        for i in range(tc.grad_accum):
-            # Every rank draws the same global micro-batch and keeps its own rows (distributed.py).
-            x, y = sample_batch(self.train_ids, tc.batch_size * self.dist.world_size, tc.seq_len, self.data_gen)
-            x, y = local_rows(x, self.dist), local_rows(y, self.dist)
-            n_bytes += int(self.token_bytes[y].sum())
-            x, y = x.to(self.device), y.to(self.device)
-            with grad_sync(self.wrapped, self.dist, last=i == tc.grad_accum - 1):
-                with self._autocast():
-                    loss = self.train_model(x, y)
-                (loss / tc.grad_accum).backward()
-            nats += loss.detach().double() * y.numel()
+        # On logged steps the forward runs under the fast-weight monitor (design.md S6); it reads a
+        # norm per chunk, which a step without a log line need not pay for.
+        logged = (self.step + 1) % tc.log_every == 0 or self.step + 1 == (tc.stop_at or tc.steps)
+        watched = monitor.watch() if logged else contextlib.nullcontext()
+        inputs = []
+        with watched as mon:
+            for i in range(tc.grad_accum):
+                # Every rank draws the same global micro-batch and keeps its own rows (distributed.py).
+                x, y = sample_batch(self.train_ids, tc.batch_size * self.dist.world_size, tc.seq_len, self.data_gen)
+                x, y = local_rows(x, self.dist), local_rows(y, self.dist)
+                n_bytes += int(self.token_bytes[y].sum())
+                x, y = x.to(self.device), y.to(self.device)
+                inputs.append(x)
+                with grad_sync(self.wrapped, self.dist, last=i == tc.grad_accum - 1):
+                    with self._autocast():
+                        loss = self.train_model(x, y)
+                    (loss / tc.grad_accum).backward()
+                nats += loss.detach().double() * y.numel()
         totals = all_reduce_sum(torch.stack([nats, torch.tensor(float(n_bytes), dtype=torch.float64,
                                                                 device=self.device)]), self.dist)
         total_nats, total_bytes = totals.tolist()
@@ -304,8 +314,9 @@ class Trainer:
         if not math.isfinite(total_nats):
             # Checked after the all-reduce so that every rank stops at the same step.
             raise TrainingDiverged(
-                f"training diverged at step {self.step + 1}: the loss is {total_nats / n_tokens}; lower optim.lr "
-                f"(now {self.cfg.optim.lr}) or raise train.warmup_steps; the last checkpoint is kept")
+                f"training diverged at step {self.step + 1}: the loss is {total_nats / n_tokens}"
+                f"{self._first_nonfinite(inputs)}; lower optim.lr (now {self.cfg.optim.lr}) or raise "
+                f"train.warmup_steps; the last checkpoint is kept")
         grad_norm = 0.0
         if tc.grad_clip > 0:
             grad_norm = float(full_tensor(torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)))
@@ -313,8 +324,20 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         self.tokens_seen += n_tokens
-        return {"loss": total_nats / n_tokens, "bpb": total_nats / (math.log(2) * max(total_bytes, 1)),
-                "lr": self.base_lrs[0] * factor, "grad_norm": grad_norm}
+        metrics = {"loss": total_nats / n_tokens, "bpb": total_nats / (math.log(2) * max(total_bytes, 1)),
+                   "lr": self.base_lrs[0] * factor, "grad_norm": grad_norm}
+        return metrics | (fast_norms(mon) if logged else {})
+
+    @torch.no_grad()
+    def _first_nonfinite(self, inputs: list[torch.Tensor]) -> str:
+        """Where the diverged step's forward first became non-finite: its micro-batches replayed
+        under the monitor (design.md S6); empty when the replay is finite (the backward diverged)."""
+        for x in inputs:
+            with monitor.watch() as mon, self._autocast():
+                self.model(x)
+            if mon.first_nonfinite is not None:
+                return f"; the fast weights first became non-finite in {mon.first_nonfinite}"
+        return ""
 
     @property
     def tokens_per_step(self) -> int:
@@ -342,8 +365,7 @@ class Trainer:
         if self.step == 0:
             # The untrained model's score anchors the curve (about 8 bits per byte for bytes).
             self.last_eval = self.evaluate()
-            log.write({"step": 0, "val_bpb": self.last_eval["bpb"], "val_loss": self.last_eval["loss"],
-                       "val_tokens": self.last_eval["tokens"]})
+            log.write({"step": 0, **eval_record(self.last_eval)})
         try:
             while self.step < stop:
                 t0 = time.perf_counter()
@@ -360,8 +382,7 @@ class Trainer:
                 final = self.step == tc.steps
                 if self.step % tc.eval_every == 0 or final:
                     self.last_eval = self.evaluate(full=final)
-                    log.write({"step": self.step, "val_bpb": self.last_eval["bpb"],
-                               "val_loss": self.last_eval["loss"], "val_tokens": self.last_eval["tokens"]})
+                    log.write({"step": self.step, **eval_record(self.last_eval)})
                     bar.set_postfix(loss=f"{m['loss']:.3f}", val_bpb=f"{self.last_eval['bpb']:.3f}")
                 if self.step % tc.ckpt_every == 0 or self.step == stop:
                     log.flush()
@@ -443,6 +464,23 @@ class RunLog:
             self.file.close()
         if self.writer is not None:
             self.writer.close()
+
+
+def fast_norms(mon: monitor.Monitor) -> dict[str, float]:
+    """The largest fast-weight norm of each memory (``fast_norm/<layer>.<memory>``, the maximum over
+    its weights) and over all (``fast_norm_max``); empty for a model without fast weights."""
+    per: dict[str, float] = {}
+    for name, value in mon.largest().items():
+        memory = name.rpartition(".")[0]
+        per[memory] = max(per.get(memory, 0.0), value)
+    if not per:
+        return {}
+    return {"fast_norm_max": max(per.values()), **{f"fast_norm/{k}": v for k, v in per.items()}}
+
+
+def eval_record(scores: dict[str, float]) -> dict[str, float]:
+    """A validation metrics line: every score with a ``val_`` prefix."""
+    return {f"val_{k}": v for k, v in scores.items() if k != "bytes"}
 
 
 def _summary_writer_class():
