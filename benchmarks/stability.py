@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -27,32 +26,11 @@ import torch
 
 from nestlearn.config import load_yaml
 from nestlearn.data.kjv import kjv_splits
-from nestlearn.memory.monitor import watch
+from nestlearn.eval.stability import RECURRENT, read_stream, stream, top_gates
 from nestlearn.models.lm import CausalLM
 from nestlearn.train.config import load_run_config
 
 ROOT = Path(__file__).resolve().parent.parent
-FAMILIES = ("hope", "hope-attention", "titans", "titans-mac", "titans-mag", "titans-mal", "deltanet",
-            "gated-deltanet", "linear-attention")
-
-
-def top_gates(family: str, model: dict) -> list[str]:
-    """Overrides that start every step gate at 0.9 of its bound and every momentum gate at 0.9."""
-    if family in ("hope", "hope-attention"):
-        return ["model.selfmod.eta_init=0.9", "model.selfmod.beta_init=0.9"]
-    if family == "linear-attention":
-        return []
-    out = [f"model.eta_init={0.9 * model.get('eta_max', 1.0)}"]
-    if model.get("momentum", "titans") != "none":
-        out.append("model.beta_init=0.9")
-    return out
-
-
-def stream(kind: str, tokens: int, seed: int) -> torch.Tensor:
-    if kind == "kjv":
-        data = kjv_splits()["validation"] + kjv_splits()["test"]
-        return torch.from_numpy(np.frombuffer(data[:tokens], dtype=np.uint8).astype(np.int64))
-    return torch.randint(0, 256, (tokens,), generator=torch.Generator().manual_seed(seed))
 
 
 def train(model: CausalLM, cfg, steps: int, seed: int) -> int:
@@ -76,21 +54,6 @@ def train(model: CausalLM, cfg, steps: int, seed: int) -> int:
         opt.step()
         opt.zero_grad(set_to_none=True)
     return bad
-
-
-@torch.no_grad()
-def read_stream(model: CausalLM, ids: torch.Tensor, segment: int) -> dict:
-    state, finite = None, True
-    with watch() as mon:
-        for start in range(0, len(ids), segment):
-            out = model(ids[None, start:start + segment], state)
-            state = out.state
-            finite = finite and bool(torch.isfinite(out.logits).all())
-    norms = mon.largest()
-    return {"finite": finite and mon.first_nonfinite is None,
-            "first_nonfinite": None if mon.first_nonfinite is None else str(mon.first_nonfinite),
-            "max_norm": max(norms.values(), default=0.0),
-            "max_norm_at": max(norms, key=norms.get) if norms else None}
 
 
 def run_family(family: str, gates: str, tokens: int, segment: int, train_steps: int, overrides: list[str],
@@ -118,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--tokens", type=int, default=32768)
     p.add_argument("--segment", type=int, default=2048)
-    p.add_argument("--families", default=",".join(FAMILIES))
+    p.add_argument("--families", default=",".join(RECURRENT))
     p.add_argument("--gates", default="default,top")
     p.add_argument("--train-steps", type=int, default=0)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")

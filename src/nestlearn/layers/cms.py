@@ -68,6 +68,7 @@ from nestlearn.memory import (
     activation_grad,
     chunk_bounds,
 )
+from nestlearn.memory import monitor
 from nestlearn.optim.periodic import STEP_PERIOD_ATTR
 
 Tensor = torch.Tensor
@@ -556,7 +557,8 @@ class CMS(nn.Module):
         pieces = [t.split(sizes, dim=1) for t in (x, x_norm, target, eta)]
         keys = pieces[1] if level.signal == "lss" else key.split(sizes, dim=1)
         outs = []
-        for c, (_, end) in enumerate(bounds):
+        mon = monitor.active()
+        for c, (start, end) in enumerate(bounds):
             xs, xn, tg, et = (p[c] for p in pieces)
             if c == len(bounds) - 1 and not keep_state:
                 outs.append(xs + level.terms(w, xn, keys[c], tg, et, write=False).out)
@@ -571,6 +573,8 @@ class CMS(nn.Module):
             if tape is not None:
                 tape.setdefault(i, []).append(LSSRecord(keys[c], et, y, terms.pre))
             outs.append(y)
+            if mon is not None:  # the chunk-start weights this chunk read with (design.md S6)
+                mon.observe(f"cms{i}", pos + start, w, y)
             if nested:
                 h = _accumulate(h, level.terms(init, xn, keys[c], tg, et, read=False).factors)
             if (pos + end) % level.chunk_size == 0:
