@@ -5,12 +5,14 @@ random bytes in float32, segment by segment with the carried state, at its defau
 gates at the top of their range (step gate at 0.9 of its bound, momentum 0.9; ``--gates top``).
 Reported per family: whether every output was finite, the first non-finite memory (layer, memory,
 tokens) if not, and the largest fast-weight norm over the stream (design.md S6). ``--train-steps N``
-first trains the model N steps on KJV at the config's own optimiser settings (``--train-steps 400``
-is the demo's budget).
+first trains the model N steps on KJV at the config's own optimiser settings (400 is the demo's
+budget; a non-finite training loss is counted and its step skipped). ``--results`` writes the
+``stability`` block of docs/results.md.
 
 Usage:
     python benchmarks/stability.py [--tokens 32768] [--families hope,titans] [--gates default,top]
-                                   [--train-steps 0] [--set model.selfmod.eta_max=0.5] [--json out.json]
+                                   [--train-steps 0,400] [--set model.selfmod.eta_max=0.5] [--json out.json]
+                                   [--results docs/results.md] [--from-json a.json b.json]
 """
 
 from __future__ import annotations
@@ -77,33 +79,71 @@ def run_family(family: str, gates: str, tokens: int, segment: int, train_steps: 
     return result
 
 
+def markdown(rows: list[dict], command: str) -> str:
+    """The ``stability`` block of docs/results.md: one line per family, gates and training budget."""
+    lines = ["## Long-stream stability (float32)", "",
+             f"Every recurrent family's tiny config (d = 64) reads {rows[0]['tokens']:,} tokens of KJV text "
+             "and of random bytes with its state carried, at its defaults and with its gates started at the top "
+             "of their range (step gate 0.9 of its bound, momentum 0.9), untrained and after training on KJV "
+             "(the demo's 400 steps at the config's optimiser settings). Cells: finite or where the first "
+             "non-finite value appeared, and the largest fast-weight Frobenius norm over the stream "
+             "(docs/design.md S6).", "",
+             "| family | gates | trained steps (non-finite) | KJV | random |", "|---|---|---|---|---|"]
+    for r in rows:
+        cells = [f"finite, {r[k]['max_norm']:.3g}" if r[k]["finite"] else f"**{r[k]['first_nonfinite']}**"
+                 for k in ("kjv", "random")]
+        trained = f"{r['train_steps']} ({r['nonfinite_train_steps']})" if r["train_steps"] else "0"
+        lines.append(f"| {r['family']} | {r['gates']} | {trained} | {cells[0]} | {cells[1]} |")
+    lines += ["", f"_`{command}`; flush-denormal on, one thread._"]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--tokens", type=int, default=32768)
     p.add_argument("--segment", type=int, default=2048)
     p.add_argument("--families", default=",".join(RECURRENT))
     p.add_argument("--gates", default="default,top")
-    p.add_argument("--train-steps", type=int, default=0)
+    p.add_argument("--train-steps", default="0", help="comma-separated budgets, e.g. 0,400")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--json", type=Path)
+    p.add_argument("--results", type=Path, metavar="RESULTS_MD", help="write the stability block of this file")
+    p.add_argument("--from-json", type=Path, nargs="+", metavar="JSON",
+                   help="report rows saved by earlier --json runs instead of running")
     args = p.parse_args(argv)
+    if args.from_json:
+        rows = [r for path in args.from_json for r in json.loads(path.read_text(encoding="utf-8"))]
+        write_block(args.results, rows)
+        return 0
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
     rows = []
-    for family in args.families.split(","):
-        for gates in args.gates.split(","):
-            r = run_family(family, gates, args.tokens, args.segment, args.train_steps, args.set, args.seed)
-            rows.append(r)
-            cells = "  ".join(f"{k}: {'finite' if r[k]['finite'] else 'NON-FINITE ' + str(r[k]['first_nonfinite'])}"
-                              f" max‖W‖ {r[k]['max_norm']:.3g}" for k in ("kjv", "random"))
-            extra = f"  train non-finite {r['nonfinite_train_steps']}" if args.train_steps else ""
-            print(f"{family:17s} {gates:7s} {cells}{extra}", flush=True)
+    for steps in map(int, args.train_steps.split(",")):
+        for family in args.families.split(","):
+            for gates in args.gates.split(","):
+                r = run_family(family, gates, args.tokens, args.segment, steps, args.set, args.seed)
+                rows.append(r)
+                cells = "  ".join(f"{k}: {'finite' if r[k]['finite'] else 'NON-FINITE ' + str(r[k]['first_nonfinite'])}"
+                                  f" max‖W‖ {r[k]['max_norm']:.3g}" for k in ("kjv", "random"))
+                extra = f"  train non-finite {r['nonfinite_train_steps']}" if steps else ""
+                print(f"{family:17s} {gates:7s} {steps:5d} {cells}{extra}", flush=True)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1) + "\n", encoding="utf-8")
+    if args.results:
+        write_block(args.results, rows)
     return 0 if all(r[k]["finite"] for r in rows for k in ("kjv", "random")) else 1
+
+
+def write_block(path: Path, rows: list[dict]) -> None:
+    from run_all import replace_block
+
+    command = "python benchmarks/stability.py --tokens {} --train-steps {}".format(
+        rows[0]["tokens"], ",".join(sorted({str(r["train_steps"]) for r in rows}, key=int)))
+    text = path.read_text(encoding="utf-8") if path.exists() else "# Results\n"
+    path.write_text(replace_block(text, "stability", markdown(rows, command)), encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -17,10 +17,12 @@ from nestlearn.layers.cms import (
 D = 8
 
 
-def make(variant="sequential", order="slow_first", eta_max=1.0, chunk_sizes=(12, 4, 2), seed=0, form="mlp"):
+def make(variant="sequential", order="slow_first", eta_max=1.0, chunk_sizes=(12, 4, 2), seed=0, form="mlp",
+         step=("bounded", 0.0)):
     torch.manual_seed(seed)
     cms = CMS(D, CMSConfig(chunk_sizes=chunk_sizes, variant=variant, order=order, hidden_mult=2,
-                           eta_max=eta_max, eta_init=0.5, level_form=form)).double()
+                           eta_max=eta_max, eta_init=0.5, level_form=form, step_norm=step[0],
+                           write_bound=step[1])).double()
     with torch.no_grad():  # non-trivial slow parameters so every term of the update matters
         for level in cms.levels:
             level.eta.weight.normal_(0, 0.3)
@@ -34,6 +36,8 @@ def make(variant="sequential", order="slow_first", eta_max=1.0, chunk_sizes=(12,
 VARIANTS = [("sequential", "slow_first"), ("sequential", "fast_first"), ("nested", "slow_first"),
             ("independent", "slow_first")]
 FORMS = ["mlp", "swiglu"]
+# (step_norm, write_bound): D13's plain 1/(C·d) scale, the per-weight steps and the write bound (design.md S3, S5).
+STEPS = [("none", 0.0), ("bounded", 0.0), ("bounded", 0.5)]
 
 
 def _body(form, weights, z):
@@ -85,11 +89,12 @@ def test_chunk_terms_match_autograd(form, objective, shared):
         torch.testing.assert_close(e.mT @ p, terms.factors[k][0].mT @ terms.factors[k][1], rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("step", STEPS, ids=str)
 @pytest.mark.parametrize("form", FORMS)
 @pytest.mark.parametrize("variant, order", VARIANTS)
 @pytest.mark.parametrize("length, pos", [(1, 0), (7, 0), (37, 0), (29, 5)])
-def test_fast_path_equals_reference(variant, order, length, pos, form):
-    cms = make(variant, order, form=form)
+def test_fast_path_equals_reference(variant, order, length, pos, form, step):
+    cms = make(variant, order, form=form, step=step)
     x = torch.randn(3, length, D, dtype=torch.float64)
     state = cms.init_state(3, dtype=torch.float64)
     y, s = cms(x, state, pos)
@@ -101,10 +106,11 @@ def test_fast_path_equals_reference(variant, order, length, pos, form):
         torch.testing.assert_close(s[key], s_ref[key], rtol=0, atol=1e-10, msg=key)
 
 
+@pytest.mark.parametrize("step", STEPS, ids=str)
 @pytest.mark.parametrize("form", FORMS)
 @pytest.mark.parametrize("variant, order", VARIANTS)
-def test_gradients_agree_with_reference(variant, order, form):
-    cms = make(variant, order, form=form)
+def test_gradients_agree_with_reference(variant, order, form, step):
+    cms = make(variant, order, form=form, step=step)
     x = torch.randn(2, 15, D, dtype=torch.float64, requires_grad=True)
     params = [x, *cms.parameters()]
     g_fast = torch.autograd.grad(cms(x)[0].pow(2).sum(), params)

@@ -153,3 +153,18 @@ def test_probe_status_lines_name_diverged_models_and_models_at_chance():
     # Per-task levels: 12 % is within two standard errors of 1/6 (≤ 24.1 % at n = 100).
     per_task = status_lines(result, chance={"t": 1 / 6})
     assert "≤ 24.1 % for t" in per_task[1] and "Transformer++" in per_task[1] and "Titans" not in per_task[1]
+
+
+def test_negative_eigenvalues_let_deltanet_learn_parity():
+    """design.md S2: with steps in (0, 2] DeltaNet solves Parity (lengths 1–16) in at most 300 steps and
+    generalises to longer strings; with steps in (0, 1] it does not."""
+    from dataclasses import replace
+
+    from nestlearn.eval.suite import formal
+
+    s = replace(formal.SETTINGS["full"], languages=("parity",), train_lengths=(1, 16), train_count=1000,
+                bin_count=100, steps=300, check_every=50, check_size=128, seeds=1)
+    positive = formal.run_cell("parity", s, 0, "deltanet")
+    signed = formal.run_cell("parity", s, 0, "deltanet_signed")
+    assert signed["bin0"] == 1.0 and signed["bin1"] >= 0.5, signed
+    assert positive["bin0"] < 0.9 and positive["bin1"] < 0.1, positive

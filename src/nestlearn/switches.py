@@ -87,6 +87,8 @@ SWITCHES: tuple[Switch, ...] = (
     Switch(_CMS + "level_assignment", ("every_layer", "depth_groups"), "§7.3 (ad-hoc level stacking)", "D17"),
     Switch(_CMS + "eta_max", "number >= 0 (units of 1/(C·d))", "Eq 71 (level learning rate)", "D13"),
     Switch(_CMS + "eta_init", "number in (0, 1)", "Eq 71", "D13"),
+    Switch(_CMS + "step_norm", ("bounded", "none"), "Eq 71 (level learning rate per weight)", "S3"),
+    Switch(_CMS + "write_bound", "number >= 0 (0: none)", "not in the paper (a safety net)", "S5"),
     Switch("model.momentum", ("none", "titans", "scaled", "ema"), "Titans Eqs 9–10 (surprise momentum)", "S1"),
     Switch("model.eigen", ("positive", "signed"), "delta rule's transition range (Grazzi et al. 2024)", "S2"),
     Switch("model.step_norm", ("none", "implicit", "bounded"), "Eq 57 (η/(1 + η‖k‖²))", "S3"),

@@ -67,6 +67,7 @@ from nestlearn.memory import (
     activation,
     activation_grad,
     chunk_bounds,
+    weight_step,
 )
 from nestlearn.memory import monitor
 from nestlearn.optim.periodic import STEP_PERIOD_ATTR
@@ -80,6 +81,7 @@ SIGNALS = ("kv", "lss", "optimizer")
 ACTIVATIONS = ("silu", "gelu")
 LEVEL_FORMS = ("mlp", "swiglu")
 LEVEL_ASSIGNMENTS = ("every_layer", "depth_groups")
+CMS_STEP_NORMS = ("bounded", "none")
 
 
 @dataclass
@@ -106,6 +108,11 @@ class CMSConfig:
         eta_max: bound of the level learning rate in units of 1/(C·d) (see the module docstring); 0 freezes
             every level. Not used by the ``optimizer`` signal.
         eta_init: initial η_t as a fraction of ``eta_max`` (sets b_η).
+        step_norm: ``"bounded"``: each weight's step is η_t/(C·max(1, ‖p_t‖²)) with p_t its input (n(k)
+            for W_in, whose ‖n(k)‖² ≈ d gives D13's 1/(C·d); the hidden activations a_t for W_out);
+            ``"none"``: η_t/(C·d) for every weight, D13's scale (design.md S3). (The memories' third form,
+            ``"implicit"``, equals η_t for small η_t‖p_t‖², d times D13's scale, and is not offered.)
+        write_bound: bound τ on each token's gradient norm per weight, 0 for none (design.md S5).
     """
 
     chunk_sizes: tuple[int, ...] = (512, 128, 32)
@@ -120,6 +127,8 @@ class CMSConfig:
     level_assignment: str = "every_layer"
     eta_max: float = 1.0
     eta_init: float = 0.1
+    step_norm: str = "bounded"
+    write_bound: float = 0.0
 
     def validate(self, prefix: str = "cms") -> None:
         if not self.chunk_sizes:
@@ -149,6 +158,8 @@ class CMSConfig:
             raise ConfigError(f"{prefix}.variant", f"depth_groups puts one level in each block, so only the "
                               f"sequential variant applies, got {self.variant!r}")
         check_positive(f"{prefix}.eta_max", self.eta_max, allow_zero=True)
+        check_choice(f"{prefix}.step_norm", self.step_norm, CMS_STEP_NORMS)
+        check_positive(f"{prefix}.write_bound", self.write_bound, allow_zero=True)
         if not 0 < self.eta_init < 1:
             raise ConfigError(f"{prefix}.eta_init", f"must lie in (0, 1), got {self.eta_init}")
         if self.signal == "optimizer" and self.variant == "nested":
@@ -265,7 +276,8 @@ class ChunkTerms(NamedTuple):
 
 
 def write_factors(form: str, act: str, objective: str, weights: State, key: Tensor, pre: Tensor, hidden: Tensor,
-                  out: Tensor | None, target: Tensor, eta: Tensor) -> dict[str, tuple[Tensor, Tensor]]:
+                  out: Tensor | None, target: Tensor, eta: Tensor,
+                  step: MemorySpec | None = None) -> dict[str, tuple[Tensor, Tensor]]:
     """Σ_t η_t g_t of a chunk as factors Eᵀ P, in closed form (spec §5.8), from the keys' input product.
 
     ℓ_t = ½‖F_θ(k_t) − k_t − y_t‖² (``"l2"``, ``kv``: key n(k), target y = v − k, so the error is
@@ -277,14 +289,25 @@ def write_factors(form: str, act: str, objective: str, weights: State, key: Tens
         weights: packed weights (:func:`pack_weights`); key: (B, n, d); pre: key W_inᵀ (B, n, h_in);
         hidden: h(pre) (B, n, h); out: the body W₁ a at the keys (B, n, d), needed for ``"l2"`` only; target: (B, n, d);
         eta: (B, n, 1).
+        step: the level's spec, whose ``step_norm`` and ``write_bound`` give each weight its own step
+            from its input (a for W₁, the key for W_in; :func:`nestlearn.memory.weight_step`); None: η.
     """
     e = out - target if objective == "l2" else -target
     d_pre = _pre_grad(form, act, pre, e @ weights["W1"])
-    return {"W1": (e * eta, hidden), "Win": (key * eta, d_pre)}
+    if step is None:
+        return {"W1": (e * eta, hidden), "Win": (key * eta, d_pre)}
+    return {"W1": (e * _scaled_step(step, eta, e, hidden), hidden), "Win": (key * _scaled_step(step, eta, d_pre, key), d_pre)}
+
+
+def _scaled_step(spec: MemorySpec, eta: Tensor, e: Tensor, p: Tensor) -> Tensor:
+    """(B, n, 1): η normalised by the weight's input p and scaled by the write bound (design.md S3, S5)."""
+    rate, bound = weight_step(spec, eta.squeeze(-1), e, p)
+    return (rate if bound is None else rate * bound).unsqueeze(-1)
 
 
 def chunk_terms(form: str, act: str, objective: str, weights: State, x_norm: Tensor, key: Tensor,
-                target: Tensor, eta: Tensor, read: bool = True, write: bool = True) -> ChunkTerms:
+                target: Tensor, eta: Tensor, read: bool = True, write: bool = True,
+                step: MemorySpec | None = None) -> ChunkTerms:
     """A chunk's read and write at one set of weights, with as few matrix products as possible (Eq 71).
 
     The reads n(x) and the keys share the weights, so their input products are one product over
@@ -296,6 +319,7 @@ def chunk_terms(form: str, act: str, objective: str, weights: State, x_norm: Ten
         x_norm: (B, n, d) the reads' n(x); key, target: (B, n, d); eta: (B, n, 1) (see
             :func:`write_factors`).
         read, write: which of the two to compute.
+        step: per-weight steps, as in :func:`write_factors`.
     """
     shared = key is x_norm
     l2 = objective == "l2"
@@ -310,7 +334,7 @@ def chunk_terms(form: str, act: str, objective: str, weights: State, x_norm: Ten
         out_x, out_k = _linear(hidden, weights["W1"]).split(n, dim=-2)
     else:
         out_x = out_k = _linear(hidden_x, weights["W1"]) if read or l2 else None
-    factors = write_factors(form, act, objective, weights, key, pre_k, hidden_k, out_k, target, eta) if write else None
+    factors = write_factors(form, act, objective, weights, key, pre_k, hidden_k, out_k, target, eta, step) if write else None
     return ChunkTerms(out_x if read else None, pre_x if read else None, factors)
 
 
@@ -369,11 +393,12 @@ class CMSLevel(nn.Module):
         writes = cfg.signal != "optimizer"
         self.chunk_size = period if writes else None
         self.static = cfg.eta_max == 0 or not writes
-        self.eta_scale = cfg.eta_max / (period * d_model) if writes else 0.0
+        # Without per-weight normalisation the 1/d stands in for the key's ‖n(k)‖² = d (D13's scale).
+        self.eta_scale = cfg.eta_max / (period * (d_model if cfg.step_norm == "none" else 1)) if writes else 0.0
         self.eta_init = cfg.eta_init
         self.spec = MemorySpec(kind="mlp", objective="l2" if cfg.signal == "kv" else "dot", rule="gd",
                                momentum="none", chunk_size=period, activation=cfg.activation, residual=False,
-                               field="cms")
+                               step_norm=cfg.step_norm, write_bound=cfg.write_bound, field="cms")
         self.norm = RMSNorm(d_model, eps)
         if self.form == "mlp":
             self.w_in = nn.Parameter(torch.empty(hidden, d_model))
@@ -437,9 +462,14 @@ class CMSLevel(nn.Module):
 
     def terms(self, weights: State, x_norm: Tensor, key: Tensor, target: Tensor, eta: Tensor,
               read: bool = True, write: bool = True) -> ChunkTerms:
-        """:func:`chunk_terms` with this level's form, activation and objective (packed weights)."""
+        """:func:`chunk_terms` with this level's form, activation, objective and steps (packed weights)."""
         return chunk_terms(self.form, self.spec.activation, self.spec.objective, weights, x_norm, key, target, eta,
-                           read, write)
+                           read, write, self.step)
+
+    @property
+    def step(self) -> MemorySpec | None:
+        """The spec that gives each weight its own step, or None for the plain η_t (``step_norm="none"``)."""
+        return None if self.spec.step_norm == "none" and self.spec.write_bound <= 0 else self.spec
 
     def eta_of(self, x: Tensor) -> Tensor:
         """η_t: (B, n, d) -> (B, n)."""
@@ -625,7 +655,8 @@ class CMS(nn.Module):
         w = pack_weights(form, {n: state[f"{i}.{n}"] for n in names})
         x_norm, eta, pre = (torch.cat(t, dim=1) for t in zip(*((r.x_norm, r.eta, r.pre) for r in records)))
         target = -torch.cat(us, dim=1)
-        w = _subtract(w, write_factors(form, act, "dot", w, x_norm, pre, _hidden(form, act, pre), None, target, eta))
+        w = _subtract(w, write_factors(form, act, "dot", w, x_norm, pre, _hidden(form, act, pre), None, target, eta,
+                                       level.step))
         out = {f"{i}.G{n[1:]}": state[f"{i}.G{n[1:]}"] for n in names}
         if self.cfg.variant == "nested" and i > 0:
             init = pack_weights(form, {n: state[f"{i}.I{n[1:]}"] for n in names})
@@ -690,12 +721,12 @@ def _reference_level_step(cms: CMS, i: int, st: State, inp: Tensor, a: int, u: T
     w = {f"W{j}": st[f"{i}.W{j}"] for j in suffixes}
     out = level.read(w, inp)
     eta = level.eta_of(inp)[:, 0, None, None]
-    for name, grad in _inner_grads(level, w, inp, u).items():
-        st[f"{i}.G{name[1:]}"] = st[f"{i}.G{name[1:]}"] + eta * grad
+    for name, grad in _reference_steps(level, eta, *_inner_grads(level, w, inp, u)).items():
+        st[f"{i}.G{name[1:]}"] = st[f"{i}.G{name[1:]}"] + grad
     if nested:
         init = {f"W{j}": st[f"{i}.I{j}"] for j in suffixes}
-        for name, grad in _inner_grads(level, init, inp, u).items():
-            st[f"{i}.H{name[1:]}"] = st[f"{i}.H{name[1:]}"] + eta * grad
+        for name, grad in _reference_steps(level, eta, *_inner_grads(level, init, inp, u)).items():
+            st[f"{i}.H{name[1:]}"] = st[f"{i}.H{name[1:]}"] + grad
     if (a + 1) % level.chunk_size == 0:
         for j in suffixes:
             st[f"{i}.W{j}"] = st[f"{i}.W{j}"] - st[f"{i}.G{j}"]
@@ -708,8 +739,27 @@ def _reference_level_step(cms: CMS, i: int, st: State, inp: Tensor, a: int, u: T
     return out
 
 
-def _inner_grads(level: CMSLevel, w: State, x: Tensor, u: Tensor | None) -> State:
-    """Per-sample g for one token x (B, 1, d), by autograd of the literal inner loss.
+def _reference_steps(level: CMSLevel, eta: Tensor, grads: State, inputs: State) -> State:
+    """η_W g_W per weight: η (B, 1, 1) normalised by the weight's input (``step_norm``) and g scaled to
+    norm ≤ τ (``write_bound``; the input weights of a SwiGLU level, W₂ and W₃, share one norm)."""
+    spec = level.spec
+    out = {}
+    for name, grad in grads.items():
+        rate = eta
+        if spec.step_norm != "none":
+            sq = inputs[name].pow(2).sum((-2, -1), keepdim=True)
+            rate = eta / sq.clamp(min=1.0)
+        if spec.write_bound > 0:
+            group = [grad] if name == "W1" else [g for n, g in grads.items() if n != "W1"]
+            norm = torch.stack([g.pow(2).sum((-2, -1)) for g in group]).sum(0).sqrt()[:, None, None]
+            grad = grad * torch.clamp(spec.write_bound / norm, max=1.0)
+        out[name] = rate * grad
+    return out
+
+
+def _inner_grads(level: CMSLevel, w: State, x: Tensor, u: Tensor | None) -> tuple[State, State]:
+    """Per-sample g for one token x (B, 1, d), by autograd of the literal inner loss, and each
+    weight's input (the key n(k) for the input weights, the hidden activations for W₁), (B, 1, ·).
 
     ``kv``: ½‖F(k) − v‖² with k = W_k x, v = W_v x; ``lss``: ⟨F(x), u⟩ with u (B, 1, d).
     """
@@ -718,13 +768,15 @@ def _inner_grads(level: CMSLevel, w: State, x: Tensor, u: Tensor | None) -> Stat
         k = x if level.signal == "lss" else level.key(x)
         z = level.norm(k)
         if level.form == "mlp":
-            body = activation(level.spec.activation, z @ leaves["W2"].mT) @ leaves["W1"].mT
+            hidden = activation(level.spec.activation, z @ leaves["W2"].mT)
         else:
-            body = (F.silu(z @ leaves["W2"].mT) * (z @ leaves["W3"].mT)) @ leaves["W1"].mT
+            hidden = F.silu(z @ leaves["W2"].mT) * (z @ leaves["W3"].mT)
+        body = hidden @ leaves["W1"].mT
         if level.signal == "lss":
             loss = ((k + body) * u).sum()
         else:
             loss = 0.5 * (k + body - level.value(x)).pow(2).sum()
         names = list(leaves)
         grads = torch.autograd.grad(loss, [leaves[n] for n in names], create_graph=True)
-    return dict(zip(names, grads))
+    inputs = {n: hidden if n == "W1" else z for n in names}
+    return dict(zip(names, grads)), inputs

@@ -3,7 +3,8 @@
 * :class:`MemorySpec`: parameterisation × objective × inner rule × momentum × chunking × read.
 * :func:`memory_scan`: chunk-parallel fast path (closed-form inner gradients, scans, triangular solve).
 * :func:`memory_scan_reference`: token-by-token oracle (autograd inner gradients, literal updates).
-* :func:`memory_apply`, :func:`boundary_factors`, :func:`init_memory_state`: building blocks.
+* :func:`memory_apply`, :func:`boundary_factors`, :func:`init_memory_state`: building blocks;
+  :func:`weight_step`: one weight's normalised, bounded step (design.md S3, S5), also used by CMS.
 """
 
 from nestlearn.memory.ops import (
@@ -15,6 +16,7 @@ from nestlearn.memory.ops import (
     memory_apply,
     memory_scan,
     segment_products,
+    weight_step,
 )
 from nestlearn.memory.reference import inner_loss, memory_scan_reference
 from nestlearn.memory.spec import MemorySpec
@@ -31,4 +33,5 @@ __all__ = [
     "memory_scan",
     "memory_scan_reference",
     "segment_products",
+    "weight_step",
 ]

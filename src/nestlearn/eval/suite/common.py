@@ -1,17 +1,12 @@
 """Helpers shared by the task sections of the evidence suite (formal, mqar, niah, babi).
 
 Every family is built at the suite's size with the settings of the D22 "tiny" configs
-(configs/*-tiny.yaml): memory chunks of 16 tokens, CMS levels every 64 / 32 / 16 tokens. Hope
-uses ``selfmod.eta_max = 0.3`` as the shipped Hope configs do, and ``selfmod.chunk_size_other = 16``
-[Interp, project choice]: with D8's η_max = 1 (and the then-default unnormalised v) an untrained
-Hope's activations overflowed to NaN within a few hundred tokens of KJV text, and at v_norm "l2"
-with C_oth = 64 within about 500 tokens of a NIAH prompt, which would leave nothing to measure on
-the long-context probes. Titans uses ``eta_max = 0.02`` (η starting at 0.01)
-[Interp, project choice]: within a chunk every token steps from the chunk's boundary state, so
-the chunk's C steps add up on the memory's curvature (about ‖σ(W₂k)‖² ≈ 8 for the W₁ step of a
-d = 64 head), and momentum amplifies them. At Titans' defaults (η_max 1, η starting at 0.1) and
-at η_max 0.3 an untrained d=64 Titans overflowed on the first 512-token NIAH batch; at 0.1 a
-d=108 Titans LM diverged at step 8 (length 512, lr 3e-3); at 0.02 it trained.
+(configs/*-tiny.yaml): memory chunks of 16 tokens, CMS levels every 64 / 32 / 16 tokens, and
+Hope's ``selfmod.chunk_size_other = 16`` [Interp, project choice]. Every inner step runs at its
+family's defaults: the stability switches of docs/design.md (S1–S5) replaced the bounds the suite
+used to need (Hope at η_max = 0.3, Titans at η_max = 0.02), which kept Hope's memory from learning.
+A *variant* is a family with other switches, shown as its own row: ``deltanet_signed`` is DeltaNet
+with the signed eigenvalue range (design.md S2).
 """
 
 from __future__ import annotations
@@ -35,31 +30,33 @@ from nestlearn.eval.tasks import task_model
 from nestlearn.models.lm import CausalLM, LMConfig, families
 
 NAMES = {"lstm": "LSTM", "transformer": "Transformer++", "titans": "Titans", "deltanet": "DeltaNet",
-         "gated_deltanet": "Gated DeltaNet", "hope": "Hope", "hope_attention": "Hope-Attention"}
+         "deltanet_signed": "DeltaNet (signed)", "gated_deltanet": "Gated DeltaNet", "hope": "Hope",
+         "hope_attention": "Hope-Attention"}
 
-# Titans' inner-step gate (module docstring); the LM section uses the same bound.
-TITANS_GATES = {"eta_max": 0.02, "eta_init": 0.01}
 _FAMILY_SETTINGS: dict[str, dict[str, Any]] = {
-    "titans": {"chunk_size": 16, **TITANS_GATES},
+    "titans": {"chunk_size": 16},
     "deltanet": {"chunk_size": 16},
     "gated_deltanet": {"chunk_size": 16},
-    "hope": {"selfmod": {"chunk_size_memory": 16, "chunk_size_other": 16, "eta_max": 0.3},
-             "cms": {"chunk_sizes": [64, 32, 16]}},
+    "hope": {"selfmod": {"chunk_size_memory": 16, "chunk_size_other": 16}, "cms": {"chunk_sizes": [64, 32, 16]}},
     "hope_attention": {"cms": {"chunk_sizes": [64, 32, 16]}},
 }
+# Row name -> (family, switches on top of the family's suite settings).
+VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {"deltanet_signed": ("deltanet", {"eigen": "signed"})}
 
 
-def suite_config(family: str, d_model: int, n_layers: int, max_seq_len: int) -> LMConfig:
-    """The config of ``family`` used by every task section (module docstring)."""
-    data = {"d_model": d_model, "n_layers": n_layers, "max_seq_len": max_seq_len, **_FAMILY_SETTINGS.get(family, {})}
+def suite_config(name: str, d_model: int, n_layers: int, max_seq_len: int) -> LMConfig:
+    """The config of row ``name`` (a family or a :data:`VARIANTS` key) used by every task section."""
+    family, switches = VARIANTS.get(name, (name, {}))
+    data = {"d_model": d_model, "n_layers": n_layers, "max_seq_len": max_seq_len,
+            **_FAMILY_SETTINGS.get(family, {}), **switches}
     return from_dict(families()[family], data, prefix="model")
 
 
-def suite_model(family: str, d_model: int, n_layers: int, max_seq_len: int, example: TaskBatch,
+def suite_model(name: str, d_model: int, n_layers: int, max_seq_len: int, example: TaskBatch,
                 seed: int) -> CausalLM:
-    """A freshly initialised model (``torch.manual_seed(seed)``) sized for the task of ``example``."""
+    """A freshly initialised model of row ``name`` (``torch.manual_seed(seed)``) sized for the task of ``example``."""
     torch.manual_seed(seed)
-    return task_model(suite_config(family, d_model, n_layers, max_seq_len), example)
+    return task_model(suite_config(name, d_model, n_layers, max_seq_len), example)
 
 
 def command(key: str, quick: bool, seed: int) -> str:

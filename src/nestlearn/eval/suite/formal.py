@@ -10,7 +10,8 @@ mean ± std over seeds, beside the paper's Table 5 (spec §9.7).
 [Interp] The CPU tier's d = 64 and 5,000 steps would take many hours for Hope on two cores (a Hope
 step at d = 32 and batch 32 takes about 0.27 s on one core, ten times a Transformer++ step), so
 the full setting uses d = 32 (2 layers) for every model and at most 1,000 steps of batch 32, and
-leaves out Gated DeltaNet (DeltaNet is the delta-rule row of Table 5).
+leaves out Gated DeltaNet (DeltaNet is the delta-rule row of Table 5). DeltaNet is also run with
+the signed eigenvalue range (design.md S2), which state tracking such as Parity needs.
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ class FormalSettings:
     """
 
     languages: tuple[str, ...] = LANGUAGES
-    models: tuple[str, ...] = ("lstm", "transformer", "titans", "deltanet", "hope", "hope_attention")
+    models: tuple[str, ...] = ("lstm", "transformer", "titans", "deltanet", "deltanet_signed", "hope", "hope_attention")
     train_lengths: tuple[int, int] = (1, 50)
     train_count: int = 10_000
     bin_count: int = 500

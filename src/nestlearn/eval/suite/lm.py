@@ -5,8 +5,8 @@ Three tables, all byte-level KJV (data.md §1), equal tokens for every row, vali
 * **models**: Transformer++, Titans, Hope-Attention and Hope at equal non-embedding parameters (the
   baselines' widths are searched to match Hope's count; NL-L Table 2 is the paper's counterpart);
 * **ablations**: Hope with each Table-6 switch flipped (NL-L §9.6, spec §9.8), plus the literal
-  spec's unnormalised v (``selfmod.v_norm = "none"``; the project's default is ``"l2"``) and two
-  smaller bounds on the self-modifying memory's inner step (``selfmod.eta_max``, D8);
+  spec's unnormalised v (``selfmod.v_norm = "none"``; the project's default is ``"l2"``) and each
+  stability and range switch of docs/design.md (S1–S5) set back to the paper's literal reading;
 * **signals**: the three CMS update signals of D13 (``kv``, ``lss``, ``optimizer``) over several
   seeds, scored by the decision rule of D13 (:func:`choose_cms_signal`).
 
@@ -33,7 +33,6 @@ from typing import Any
 import torch
 
 from nestlearn.eval.suite import Section
-from nestlearn.eval.suite.common import TITANS_GATES
 from nestlearn.models.lm import match_width
 
 SIGNALS = ("kv", "lss", "optimizer")
@@ -54,9 +53,12 @@ ABLATIONS: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("static_v", "w/o inner-projection v (static v)", {"selfmod": {"adaptive_v": False}}),
     ("adaptive_q", "with adaptive q (Table 6's 'w/o inner-projection q' is our default)", {"selfmod": {"adaptive_q": True}}),
     ("v_norm_none", "v_norm = none (spec §5.7 literally; the default is l2)", {"selfmod": {"v_norm": "none"}}),
-    # Not Table 6: the bound on the self-modifying memory's inner step (D8), below the rows' 0.3.
-    ("eta_max_0.1", "η_max = 0.1 (self-modifying memory)", {"selfmod": {"eta_max": 0.1}}),
-    ("eta_max_0.03", "η_max = 0.03 (self-modifying memory)", {"selfmod": {"eta_max": 0.03}}),
+    # Not Table 6: the stability and range switches (docs/design.md S1–S5) at the paper's reading.
+    ("momentum_scaled", "momentum S ← βS + g (S1 'scaled')", {"selfmod": {"momentum_form": "scaled"}}),
+    ("eigen_positive", "step range (0, 1] (S2 'positive')", {"selfmod": {"eigen": "positive"}}),
+    ("step_norm_none", "no per-weight step normalisation (S3)", {"selfmod": {"step_norm": "none"}}),
+    ("no_write_bound", "no write bound (S5)", {"selfmod": {"write_bound": 0.0}}),
+    ("retain_initial", "retention toward W₀ (S4 'initial')", {"selfmod": {"retain": "initial"}}),
 )
 
 
@@ -73,9 +75,6 @@ class Budget:
         chunk_sizes: Hope's CMS chunk sizes for the kv and lss signals (D13: (256, 64, 16) at length 512).
         step_periods: the CMS step periods for the optimizer signal (D16).
         selfmod_chunks: (chunk_size_memory, chunk_size_other) of the self-modifying memory (D4).
-        selfmod_eta_max: η_max of the self-modifying memory (D8 allows (0, 1]); D8's default 1.0 with
-            D9's data-dependent momentum diverged within 6 steps at training length 512 (lr 1e-3 and
-            3e-3), 0.3 trained stably.
         threads: torch threads per row (one: at these widths a second thread costs more than it saves).
     """
 
@@ -92,7 +91,6 @@ class Budget:
     chunk_sizes: tuple[int, ...]
     step_periods: tuple[int, ...] = (16, 4, 1)
     selfmod_chunks: tuple[int, int] = (16, 64)
-    selfmod_eta_max: float = 0.3
     threads: int = 1
 
 
@@ -119,8 +117,7 @@ def hope_model(budget: Budget, **overrides: Any) -> dict[str, Any]:
     model: dict[str, Any] = {"family": "hope", "d_model": budget.d_model, "n_layers": budget.n_layers,
                              "max_seq_len": budget.seq_len,
                              "selfmod": {"chunk_size_memory": budget.selfmod_chunks[0],
-                                         "chunk_size_other": budget.selfmod_chunks[1],
-                                         "eta_max": budget.selfmod_eta_max},
+                                         "chunk_size_other": budget.selfmod_chunks[1]},
                              "cms": {"chunk_sizes": list(budget.chunk_sizes)}}
     for key, value in overrides.items():
         model[key] = {**model.get(key, {}), **value} if isinstance(value, dict) else value
@@ -139,9 +136,7 @@ def plan(budget: Budget) -> list[Row]:
     target = non_embedding_parameters(hope)
     rows = []
     for family, label in (("transformer", "Transformer++"), ("titans", "Titans"), ("hope_attention", "Hope-Attention")):
-        # Titans' inner step bounded as in the task sections [Interp, nestlearn.eval.suite.common].
-        extra = {"cms": {"chunk_sizes": list(budget.chunk_sizes)}} if family == "hope_attention" else \
-            TITANS_GATES if family == "titans" else {}
+        extra = {"cms": {"chunk_sizes": list(budget.chunk_sizes)}} if family == "hope_attention" else {}
         model = {"family": family, "n_layers": budget.n_layers, "max_seq_len": budget.seq_len, **extra}
         d, _ = match_width(model, target)
         for seed in budget.seeds:
