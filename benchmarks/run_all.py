@@ -17,6 +17,7 @@ Usage::
     python benchmarks/run_all.py --quick              # smoke version, about ten minutes
     python benchmarks/run_all.py --only formal,mqar --seed 1
     python benchmarks/run_all.py --only formal --jobs 2 --out runs/formal   # resumable: rerun to continue
+    python benchmarks/run_all.py --only formal --models deltanet,hope_formal --out results   # a subset of rows
 """
 
 from __future__ import annotations
@@ -159,6 +160,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--jobs", type=int, default=1,
                         help="processes for the sections that train independent cells in parallel (formal, mqar)")
     parser.add_argument("--results", type=Path, default=ROOT / "docs" / "results.md", help="the document to update")
+    parser.add_argument("--models", default="", help="comma-separated rows, for the sections that take them (formal)")
     args = parser.parse_args(argv)
     keys = [k.strip() for k in args.only.split(",") if k.strip()] or list(SECTIONS)
     unknown = [k for k in keys if k not in SECTIONS]
@@ -192,7 +194,10 @@ def main(argv: list[str] | None = None, sections: dict[str, Callable] | None = N
             continue
         t0 = time.perf_counter()
         try:
-            extra = {"jobs": args.jobs} if "jobs" in inspect.signature(fn).parameters else {}
+            params = inspect.signature(fn).parameters
+            extra = {"jobs": args.jobs} if "jobs" in params else {}
+            if args.models and "models" in params:
+                extra["models"] = tuple(m.strip() for m in args.models.split(",") if m.strip())
             sec = fn(args.quick, out / key, args.seed, **extra)
         except NotImplementedError as err:
             print(f"[run_all] {key}: not implemented yet ({err}); skipped", file=sys.stderr)

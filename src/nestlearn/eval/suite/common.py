@@ -6,7 +6,7 @@ Hope's ``selfmod.chunk_size_other = 16`` [Interp, project choice]. Every inner s
 family's defaults: the stability switches of docs/design.md (S1–S5) replaced the bounds the suite
 used to need (Hope at η_max = 0.3, Titans at η_max = 0.02), which kept Hope's memory from learning.
 A *variant* is a family with other switches, shown as its own row: ``deltanet_signed`` is DeltaNet
-with the signed eigenvalue range (design.md S2).
+with the signed eigenvalue range (design.md S2), ``hope_formal`` Hope as configs/hope-formal.yaml.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from nestlearn.models.lm import CausalLM, LMConfig, families
 
 NAMES = {"lstm": "LSTM", "transformer": "Transformer++", "titans": "Titans", "deltanet": "DeltaNet",
          "deltanet_signed": "DeltaNet (signed)", "gated_deltanet": "Gated DeltaNet", "hope": "Hope",
-         "hope_attention": "Hope-Attention"}
+         "hope_formal": "Hope (formal config)", "hope_attention": "Hope-Attention"}
 
 _FAMILY_SETTINGS: dict[str, dict[str, Any]] = {
     "titans": {"chunk_size": 16},
@@ -40,15 +40,20 @@ _FAMILY_SETTINGS: dict[str, dict[str, Any]] = {
     "hope": {"selfmod": {"chunk_size_memory": 16, "chunk_size_other": 16}, "cms": {"chunk_sizes": [64, 32, 16]}},
     "hope_attention": {"cms": {"chunk_sizes": [64, 32, 16]}},
 }
-# Row name -> (family, switches on top of the family's suite settings).
-VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {"deltanet_signed": ("deltanet", {"eigen": "signed"})}
+# Row name -> (family, switches on top of the family's suite settings). ``hope_formal`` is the model
+# section of configs/hope-formal.yaml (docs/design.md S8).
+VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "deltanet_signed": ("deltanet", {"eigen": "signed"}),
+    "hope_formal": ("hope", {"selfmod": {"momentum": "off", "chunk_size_other": 128}, "cms": {"chunk_sizes": [512]}}),
+}
 
 
 def suite_config(name: str, d_model: int, n_layers: int, max_seq_len: int) -> LMConfig:
     """The config of row ``name`` (a family or a :data:`VARIANTS` key) used by every task section."""
     family, switches = VARIANTS.get(name, (name, {}))
-    data = {"d_model": d_model, "n_layers": n_layers, "max_seq_len": max_seq_len,
-            **_FAMILY_SETTINGS.get(family, {}), **switches}
+    data = {"d_model": d_model, "n_layers": n_layers, "max_seq_len": max_seq_len, **_FAMILY_SETTINGS.get(family, {})}
+    for key, value in switches.items():
+        data[key] = {**data.get(key, {}), **value} if isinstance(value, dict) else value
     return from_dict(families()[family], data, prefix="model")
 
 

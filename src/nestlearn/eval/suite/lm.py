@@ -70,7 +70,8 @@ class Budget:
         d_model, n_layers: Hope's size; the baselines get Hope's parameter count.
         seq_len, batch_size, steps, warmup_steps, lr: training (AdamW, weight decay 0.1, cosine).
         eval_tokens: validation targets scored per row.
-        seeds: seeds of the model and ablation rows.
+        seeds: seeds of the model rows (three for the headline comparison).
+        ablation_seeds: seeds of the ablation rows.
         signal_seeds: seeds of the CMS-signal rows (D13 asks for 3).
         chunk_sizes: Hope's CMS chunk sizes for the kv and lss signals (D13: (256, 64, 16) at length 512).
         step_periods: the CMS step periods for the optimizer signal (D16).
@@ -90,6 +91,7 @@ class Budget:
     signal_seeds: tuple[int, ...]
     chunk_sizes: tuple[int, ...]
     step_periods: tuple[int, ...] = (16, 4, 1)
+    ablation_seeds: tuple[int, ...] = (0,)
     selfmod_chunks: tuple[int, int] = (16, 64)
     threads: int = 1
 
@@ -97,7 +99,7 @@ class Budget:
 QUICK = Budget(d_model=48, n_layers=2, seq_len=64, batch_size=4, steps=40, warmup_steps=5, lr=3e-3,
                eval_tokens=4096, seeds=(0,), signal_seeds=(0,), chunk_sizes=(32, 16, 8), selfmod_chunks=(8, 16))
 FULL = Budget(d_model=64, n_layers=2, seq_len=512, batch_size=4, steps=150, warmup_steps=15, lr=3e-3,
-              eval_tokens=32768, seeds=(0,), signal_seeds=(0, 1, 2), chunk_sizes=(256, 64, 16))
+              eval_tokens=32768, seeds=(0, 1, 2), signal_seeds=(0, 1, 2), chunk_sizes=(256, 64, 16))
 
 
 @dataclass(frozen=True)
@@ -144,7 +146,7 @@ def plan(budget: Budget) -> list[Row]:
     for seed in budget.seeds:
         rows.append(Row("models", "hope", "Hope", hope, seed))
     for key, label, overrides in ABLATIONS:
-        for seed in budget.seeds:
+        for seed in budget.ablation_seeds:
             rows.append(Row("ablations", key, label, hope_model(budget, **overrides), seed))
     for signal in SIGNALS:
         cms: dict[str, Any] = {"signal": signal}
@@ -169,6 +171,7 @@ def train_row(row: dict[str, Any], budget: dict[str, Any], out_dir: str) -> dict
     from nestlearn.train.trainer import TrainingDiverged
 
     b = Budget(**{**budget, "seeds": tuple(budget["seeds"]), "signal_seeds": tuple(budget["signal_seeds"]),
+                  "ablation_seeds": tuple(budget["ablation_seeds"]),
                   "chunk_sizes": tuple(budget["chunk_sizes"]), "step_periods": tuple(budget["step_periods"]),
                   "selfmod_chunks": tuple(budget["selfmod_chunks"])})
     run_dir = Path(out_dir) / f"{row['table']}-{row['key']}-seed{row['seed']}"
@@ -367,7 +370,8 @@ def section(quick: bool, out_dir: Path, seed: int = 0) -> Section:
     budget = QUICK if quick else FULL
     if seed:
         budget = replace(budget, seeds=tuple(s + seed for s in budget.seeds),
-                         signal_seeds=tuple(s + seed for s in budget.signal_seeds))
+                         signal_seeds=tuple(s + seed for s in budget.signal_seeds),
+                         ablation_seeds=tuple(s + seed for s in budget.ablation_seeds))
     torch.set_num_threads(budget.threads)
     results = run(budget, Path(out_dir) / "lm")
     summary = summarise(results)
