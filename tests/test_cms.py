@@ -8,11 +8,11 @@ from nestlearn.layers.cms import (
     CMS,
     CMSConfig,
     chunk_terms,
-    cms_reference,
     pack_weights,
     swiglu_apply,
     unpack_weights,
 )
+from nestlearn.layers.cms_reference import cms_reference
 
 D = 8
 

@@ -7,11 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from nestlearn.errors import ConfigError
-from nestlearn.layers.self_modifying import (
-    SelfModConfig,
-    SelfModifyingTitans,
-    self_modifying_reference,
-)
+from nestlearn.layers.self_modifying import SelfModConfig, SelfModifyingTitans
+from nestlearn.layers.self_modifying_reference import self_modifying_reference
 from nestlearn.memory import memory_apply
 
 DT = torch.float64
@@ -42,7 +39,10 @@ ABLATIONS = {
     "gelu": {"activation": "gelu"},
     "equal_chunks": {"chunk_size_other": 4},
     "v_norm_none": {"v_norm": "none"},
-    "momentum_ema": {"momentum_form": "ema"},
+    "paper_steps": {"momentum_form": "scaled", "eigen": "positive", "step_norm": "none", "write_bound": 0.0},
+    "momentum_scaled": {"momentum_form": "scaled"},
+    "positive": {"eigen": "positive"},
+    "no_write_bound": {"write_bound": 0.0},
     "signed": {"eigen": "signed"},
     "signed_no_decay": {"eigen": "signed", "weight_decay": False},
     "step_bounded": {"step_norm": "bounded"},
@@ -54,7 +54,7 @@ ABLATIONS = {
     "stable_boundary": {"momentum_form": "ema", "step_norm": "bounded", "retain": "initial", "read": "boundary"},
 }
 GRAD_CASES = ("default", "v_norm_none", "stopgrad", "read_boundary", "gd", "momentum_off", "adaptive_q", "conv_input",
-              "conv_pointwise", "heads", "no_weight_decay", "dgd_normalize", "momentum_ema", "signed",
+              "conv_pointwise", "heads", "no_weight_decay", "dgd_normalize", "paper_steps", "momentum_scaled", "signed",
               "step_bounded", "step_implicit", "retain_initial", "write_bound", "stable_stopgrad")
 
 

@@ -2,7 +2,8 @@
 
 * :class:`MemorySpec`: parameterisation × objective × inner rule × momentum × chunking × read.
 * :func:`memory_scan`: chunk-parallel fast path (closed-form inner gradients, scans, triangular solve).
-* :func:`memory_scan_reference`: token-by-token oracle (autograd inner gradients, literal updates).
+* :func:`memory_scan_reference`: token-by-token oracle (autograd inner gradients, literal updates);
+  :func:`inner_gradients`: the autograd inner gradient every reference (memory, self-modifying, CMS) uses.
 * :func:`memory_apply`, :func:`boundary_factors`, :func:`init_memory_state`: building blocks;
   :func:`weight_step`: one weight's normalised, bounded step (design.md S3, S5), also used by CMS.
 """
@@ -18,7 +19,7 @@ from nestlearn.memory.ops import (
     segment_products,
     weight_step,
 )
-from nestlearn.memory.reference import inner_loss, memory_scan_reference
+from nestlearn.memory.reference import inner_gradients, inner_loss, memory_scan_reference
 from nestlearn.memory.spec import MemorySpec
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "boundary_factors",
     "chunk_bounds",
     "init_memory_state",
+    "inner_gradients",
     "inner_loss",
     "memory_apply",
     "memory_scan",

@@ -9,6 +9,8 @@ meant for tests and float64 checks; outer gradients flow through it with ``creat
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from nestlearn.memory import monitor
@@ -30,13 +32,19 @@ def inner_loss(spec: MemorySpec, weights: State, k: Tensor, v: Tensor) -> Tensor
     return -(out * v).sum()
 
 
-def _autograd_grads(spec: MemorySpec, weights: State, k: Tensor, v: Tensor) -> State:
-    """∇_W ℓ at ``weights`` for each sample and head (the loss is a sum of independent terms)."""
+def inner_gradients(loss: Callable[[State], Tensor], weights: State) -> State:
+    """∇_W loss(W) at W = ``weights`` by autograd: the one inner-gradient helper of every reference.
+
+    The derivative is taken through a zero perturbation added to the weights, so that anything else
+    built from the same weights (a self-generated target v̂ = M(v), NL-L Eq 84) stays a constant of
+    the inner loss, while the result remains a differentiable function of the weights and inputs for
+    the outer loss (``create_graph``). A weight the loss does not use gets a zero gradient.
+    """
     with torch.enable_grad():
-        leaves = {n: w if w.requires_grad else w.detach().requires_grad_(True) for n, w in weights.items()}
-        loss = inner_loss(spec, leaves, k, v)
-        grads = torch.autograd.grad(loss, list(leaves.values()), create_graph=True, allow_unused=True)
-    return {n: torch.zeros_like(w) if g is None else g for (n, w), g in zip(leaves.items(), grads)}
+        zeros = {n: torch.zeros_like(w, requires_grad=True) for n, w in weights.items()}
+        value = loss({n: weights[n] + zeros[n] for n in weights})
+        grads = torch.autograd.grad(value, list(zeros.values()), create_graph=True, allow_unused=True)
+    return {n: torch.zeros_like(weights[n]) if g is None else g for n, g in zip(zeros, grads)}
 
 
 def memory_scan_reference(spec: MemorySpec, state: State, q: Tensor, k: Tensor, v: Tensor, eta: Tensor,
@@ -91,7 +99,7 @@ def memory_scan_reference(spec: MemorySpec, state: State, q: Tensor, k: Tensor, 
         eta_t, alpha_t = eta[..., t, None, None], alpha[..., t, None, None]
         if spec.read == "before":
             outs.append(memory_apply(spec, weights(cur), qt))
-        grads = _autograd_grads(spec, boundary, kt, vt)
+        grads = inner_gradients(lambda w: inner_loss(spec, w, kt, vt), boundary)
         inputs = {dgd_weight: kt}
         if spec.kind == "mlp":
             inputs["W1"] = activation(spec.activation, kt @ boundary["W2"].mT)

@@ -1,0 +1,121 @@
+"""Token-by-token CMS (NL-L Eqs 70–74 written literally): the oracle of :class:`~nestlearn.layers.cms.CMS`.
+
+Each token reads every level with that level's current weights and adds its step, from the
+autograd inner gradient of :func:`nestlearn.memory.inner_gradients` (independently of the fast
+path's closed forms), to the level's pending write; a level applies its pending write after the
+last token of each of its chunks. Slow; for float64 tests.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from nestlearn.layers.cms import CMS, CMSLevel, State
+from nestlearn.memory import activation, inner_gradients
+
+Tensor = torch.Tensor
+
+
+def cms_reference(cms: CMS, x: Tensor, state: State | None = None, pos: int = 0,
+                  u: dict[int, Tensor] | None = None) -> tuple[Tensor, State]:
+    """Token-by-token CMS, Eqs 70–74 written literally, with autograd inner gradients.
+
+    The oracle for :meth:`CMS.forward`: each token reads every level with that level's current
+    weights, adds η_t g_t (``kv``: g_t = ∇_θ ½‖F_θ(k_t) − v_t‖²; ``lss``: g_t = ∇_θ ⟨F_θ(x_t), u_t⟩
+    with ``u`` as in :meth:`CMS.forward`; both taken with ``torch.autograd.grad`` of the literal
+    loss, independently of the closed forms) to the level's pending write, and a level applies its
+    pending write after the last token of each of its chunks. A static level (η_max = 0, or the
+    ``optimizer`` signal) reads its initial weights. Differentiable (``create_graph=True``).
+    """
+    if state is None:
+        state = cms.init_state(x.shape[0], x.device, x.dtype)
+    st = dict(state)
+    order = cms._apply_order()
+    outs = []
+    for t in range(x.shape[1]):
+        a = pos + t
+        inp = x[:, t:t + 1]
+        level_outs = []
+        for i in order:
+            level = cms.levels[i]
+            if level.static:
+                out = level.read(level.initial, inp)
+            else:
+                out = _reference_level_step(cms, i, st, inp, a, None if u is None else u[i][:, t:t + 1])
+            if cms.cfg.variant == "independent":
+                level_outs.append((i, out))
+            else:
+                inp = out
+        if cms.cfg.variant == "independent":
+            weights = torch.softmax(cms.agg, dim=0)
+            inp = sum(weights[i] * out for i, out in level_outs)
+        outs.append(inp)
+    return torch.cat(outs, dim=1), st
+
+
+def _reference_level_step(cms: CMS, i: int, st: State, inp: Tensor, a: int, u: Tensor | None) -> Tensor:
+    """Level i reads token ``inp`` (B, 1, d) at absolute position a and updates its entries of ``st`` in place."""
+    level = cms.levels[i]
+    nested = cms.cfg.variant == "nested" and i > 0
+    suffixes = [n[1:] for n in level.initial]
+    w = {f"W{j}": st[f"{i}.W{j}"] for j in suffixes}
+    out = level.read(w, inp)
+    eta = level.eta_of(inp)[:, 0, None, None]
+    for name, grad in _reference_steps(level, eta, *_inner_grads(level, w, inp, u)).items():
+        st[f"{i}.G{name[1:]}"] = st[f"{i}.G{name[1:]}"] + grad
+    if nested:
+        init = {f"W{j}": st[f"{i}.I{j}"] for j in suffixes}
+        for name, grad in _reference_steps(level, eta, *_inner_grads(level, init, inp, u)).items():
+            st[f"{i}.H{name[1:]}"] = st[f"{i}.H{name[1:]}"] + grad
+    if (a + 1) % level.chunk_size == 0:
+        for j in suffixes:
+            st[f"{i}.W{j}"] = st[f"{i}.W{j}"] - st[f"{i}.G{j}"]
+            st[f"{i}.G{j}"] = torch.zeros_like(st[f"{i}.G{j}"])
+    if nested and (a + 1) % cms.cfg.chunk_sizes[i - 1] == 0:
+        for j in suffixes:
+            st[f"{i}.I{j}"] = st[f"{i}.I{j}"] - st[f"{i}.H{j}"]
+            st[f"{i}.H{j}"] = torch.zeros_like(st[f"{i}.H{j}"])
+            st[f"{i}.W{j}"] = st[f"{i}.I{j}"]
+    return out
+
+
+def _reference_steps(level: CMSLevel, eta: Tensor, grads: State, inputs: State) -> State:
+    """η_W g_W per weight: η (B, 1, 1) normalised by the weight's input (``step_norm``) and g scaled to
+    norm ≤ τ (``write_bound``; the input weights of a SwiGLU level, W₂ and W₃, share one norm)."""
+    spec = level.spec
+    out = {}
+    for name, grad in grads.items():
+        rate = eta
+        if spec.step_norm != "none":
+            sq = inputs[name].pow(2).sum((-2, -1), keepdim=True)
+            rate = eta / sq.clamp(min=1.0)
+        if spec.write_bound > 0:
+            group = [grad] if name == "W1" else [g for n, g in grads.items() if n != "W1"]
+            norm = torch.stack([g.pow(2).sum((-2, -1)) for g in group]).sum(0).sqrt()[:, None, None]
+            grad = grad * torch.clamp(spec.write_bound / norm, max=1.0)
+        out[name] = rate * grad
+    return out
+
+
+def _inner_grads(level: CMSLevel, w: State, x: Tensor, u: Tensor | None) -> tuple[State, State]:
+    """Per-sample g for one token x (B, 1, d), by autograd of the literal inner loss
+    (:func:`nestlearn.memory.inner_gradients`), and each weight's input (the key n(k) for the input
+    weights, the hidden activations for W₁), (B, 1, ·).
+
+    ``kv``: ½‖F(k) − v‖² with k = W_k x, v = W_v x; ``lss``: ⟨F(x), u⟩ with u (B, 1, d).
+    """
+    k = x if level.signal == "lss" else level.key(x)
+    z = level.norm(k)
+
+    def hidden(weights: State) -> Tensor:
+        if level.form == "mlp":
+            return activation(level.spec.activation, z @ weights["W2"].mT)
+        return F.silu(z @ weights["W2"].mT) * (z @ weights["W3"].mT)
+
+    def loss(weights: State) -> Tensor:
+        out = k + hidden(weights) @ weights["W1"].mT
+        return (out * u).sum() if level.signal == "lss" else 0.5 * (out - level.value(x)).pow(2).sum()
+
+    grads = inner_gradients(loss, w)
+    return grads, {n: hidden(w) if n == "W1" else z for n in w}
