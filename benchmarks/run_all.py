@@ -161,6 +161,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="processes for the sections that train independent cells in parallel (formal, mqar)")
     parser.add_argument("--results", type=Path, default=ROOT / "docs" / "results.md", help="the document to update")
     parser.add_argument("--models", default="", help="comma-separated rows, for the sections that take them (formal)")
+    parser.add_argument("--tables", default="", help="comma-separated tables, for the sections that take them "
+                        "(lm: models, ablations, signals)")
     args = parser.parse_args(argv)
     keys = [k.strip() for k in args.only.split(",") if k.strip()] or list(SECTIONS)
     unknown = [k for k in keys if k not in SECTIONS]
@@ -196,8 +198,10 @@ def main(argv: list[str] | None = None, sections: dict[str, Callable] | None = N
         try:
             params = inspect.signature(fn).parameters
             extra = {"jobs": args.jobs} if "jobs" in params else {}
-            if args.models and "models" in params:
-                extra["models"] = tuple(m.strip() for m in args.models.split(",") if m.strip())
+            for name in ("models", "tables"):
+                value = getattr(args, name)
+                if value and name in params:
+                    extra[name] = tuple(m.strip() for m in value.split(",") if m.strip())
             sec = fn(args.quick, out / key, args.seed, **extra)
         except NotImplementedError as err:
             print(f"[run_all] {key}: not implemented yet ({err}); skipped", file=sys.stderr)

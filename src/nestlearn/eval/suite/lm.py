@@ -36,6 +36,7 @@ from nestlearn.eval.suite import Section
 from nestlearn.models.lm import match_width
 
 SIGNALS = ("kv", "lss", "optimizer")
+TABLES = ("models", "ablations", "signals")
 
 # Table 6 of NL-L (spec §9.8): average perplexity / accuracy of the 1.3B models.
 PAPER_TABLE6 = {"hope": (12.24, 58.1), "no_dgd": (13.41, 56.5), "no_momentum": (13.58, 56.9),
@@ -333,7 +334,7 @@ def markdown(summary: dict[str, Any], budget: Budget, command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run(budget: Budget, out_dir: Path, tables: tuple[str, ...] = ("models", "ablations", "signals"),
+def run(budget: Budget, out_dir: Path, tables: tuple[str, ...] = TABLES,
         isolate: bool = True, progress: bool = True) -> list[dict[str, Any]]:
     """Train and score every planned row of ``tables``; each row in a fresh process if ``isolate``."""
     from tqdm.auto import tqdm
@@ -365,15 +366,16 @@ def run(budget: Budget, out_dir: Path, tables: tuple[str, ...] = ("models", "abl
     return results
 
 
-def section(quick: bool, out_dir: Path, seed: int = 0) -> Section:
-    """The ``lm`` section of docs/results.md (issue 4's quality benchmark; D13's signal ablation)."""
+def section(quick: bool, out_dir: Path, seed: int = 0, tables: tuple[str, ...] | None = None) -> Section:
+    """The ``lm`` section of docs/results.md (issue 4's quality benchmark; D13's signal ablation);
+    ``tables`` runs and reports a subset of models, ablations, signals (rows already scored are kept)."""
     budget = QUICK if quick else FULL
     if seed:
         budget = replace(budget, seeds=tuple(s + seed for s in budget.seeds),
                          signal_seeds=tuple(s + seed for s in budget.signal_seeds),
                          ablation_seeds=tuple(s + seed for s in budget.ablation_seeds))
     torch.set_num_threads(budget.threads)
-    results = run(budget, Path(out_dir) / "lm")
+    results = run(budget, Path(out_dir) / "lm", tuple(tables or TABLES))
     summary = summarise(results)
     command = "python benchmarks/run_all.py --only lm" + (" --quick" if quick else "")
     return Section("lm", "Language modelling: Hope vs baselines, Table-6 ablations, CMS signals",
