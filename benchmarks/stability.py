@@ -94,6 +94,10 @@ def markdown(rows: list[dict], command: str) -> str:
                  for k in ("kjv", "random")]
         trained = f"{r['train_steps']} ({r['nonfinite_train_steps']})" if r["train_steps"] else "0"
         lines.append(f"| {r['family']} | {r['gates']} | {trained} | {cells[0]} | {cells[1]} |")
+    large = [f"{r['family']} ({r['gates']} gates, {r['train_steps']} steps, {k}): {r[k]['max_norm_at']}"
+             for r in rows for k in ("kjv", "random") if r[k]["finite"] and r[k]["max_norm"] >= 1e4]
+    if large:
+        lines += ["", "Where the norm passed 10⁴: " + "; ".join(large) + "."]
     lines += ["", f"_`{command}`; flush-denormal on, one thread._"]
     return "\n".join(lines)
 
