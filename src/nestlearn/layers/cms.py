@@ -109,8 +109,9 @@ class CMSConfig:
         eta_max: bound of the level learning rate in units of 1/(C·d) (see the module docstring); 0 freezes
             every level. Not used by the ``optimizer`` signal.
         eta_init: initial η_t as a fraction of ``eta_max`` (sets b_η).
-        step_norm: ``"bounded"``: each weight's step is η_t/(C·max(1, ‖p_t‖²)) with p_t its input (n(k)
-            for W_in, whose ‖n(k)‖² ≈ d gives D13's 1/(C·d); the hidden activations a_t for W_out);
+        step_norm: ``"bounded"``: each weight's step is η_t/(C·max(1, c_t)) with c_t its curvature: for
+            W_out ‖a_t‖² (its input, the hidden activations), for W_in ‖n(k_t)‖²·‖∂F/∂p‖² (its input,
+            ‖n(k)‖² ≈ d as in D13's 1/(C·d), times the squared gain of the W_out behind it);
             ``"none"``: η_t/(C·d) for every weight, D13's scale (design.md S3). (The memories' third form,
             ``"implicit"``, equals η_t for small η_t‖p_t‖², d times D13's scale, and is not offered.)
         write_bound: bound τ on each token's gradient norm per weight, 0 for none (design.md S5).
@@ -297,13 +298,25 @@ def write_factors(form: str, act: str, objective: str, weights: State, key: Tens
     d_pre = _pre_grad(form, act, pre, e @ weights["W1"])
     if step is None:
         return {"W1": (e * eta, hidden), "Win": (key * eta, d_pre)}
-    return {"W1": (e * _scaled_step(step, eta, e, hidden), hidden), "Win": (key * _scaled_step(step, eta, d_pre, key), d_pre)}
+    gain = _output_gain(form, act, pre, weights["W1"]) if step.step_norm != "none" else None
+    return {"W1": (e * _scaled_step(step, eta, e, hidden), hidden),
+            "Win": (key * _scaled_step(step, eta, d_pre, key, gain), d_pre)}
 
 
-def _scaled_step(spec: MemorySpec, eta: Tensor, e: Tensor, p: Tensor) -> Tensor:
-    """(B, n, 1): η normalised by the weight's input p and scaled by the write bound (design.md S3, S5)."""
-    rate, bound = weight_step(spec, eta.squeeze(-1), e, p)
+def _scaled_step(spec: MemorySpec, eta: Tensor, e: Tensor, p: Tensor, gain: Tensor | None = None) -> Tensor:
+    """(B, n, 1): η normalised by the weight's curvature and scaled by the write bound (design.md S3, S5)."""
+    rate, bound = weight_step(spec, eta.squeeze(-1), e, p, gain)
     return (rate if bound is None else rate * bound).unsqueeze(-1)
+
+
+def _output_gain(form: str, act: str, pre: Tensor, w1: Tensor) -> Tensor:
+    """‖∂(W₁ h(p))/∂p‖²_F per token, (B, n): the squared gain from W_in's output p to the level's
+    output, Σ_j (∂h_j/∂p)² ‖W₁[:, j]‖² (for SwiGLU over both the gate and the up part)."""
+    columns = w1.pow(2).sum(-2).unsqueeze(-2)  # (1 | B, 1, h)
+    if form == "mlp":
+        return (activation_grad(act, pre).pow(2) * columns).sum(-1)
+    gate, up = pre.chunk(2, dim=-1)
+    return ((up * activation_grad("silu", gate)).pow(2) * columns + F.silu(gate).pow(2) * columns).sum(-1)
 
 
 def chunk_terms(form: str, act: str, objective: str, weights: State, x_norm: Tensor, key: Tensor,

@@ -80,16 +80,15 @@ def _reference_level_step(cms: CMS, i: int, st: State, inp: Tensor, a: int, u: T
     return out
 
 
-def _reference_steps(level: CMSLevel, eta: Tensor, grads: State, inputs: State) -> State:
-    """η_W g_W per weight: η (B, 1, 1) normalised by the weight's input (``step_norm``) and g scaled to
-    norm ≤ τ (``write_bound``; the input weights of a SwiGLU level, W₂ and W₃, share one norm)."""
+def _reference_steps(level: CMSLevel, eta: Tensor, grads: State, curvatures: State) -> State:
+    """η_W g_W per weight: η (B, 1, 1) divided by max(1, the weight's curvature) (``step_norm``) and g
+    scaled to norm ≤ τ (``write_bound``; the input weights of a SwiGLU level, W₂ and W₃, share one norm)."""
     spec = level.spec
     out = {}
     for name, grad in grads.items():
         rate = eta
         if spec.step_norm != "none":
-            sq = inputs[name].pow(2).sum((-2, -1), keepdim=True)
-            rate = eta / sq.clamp(min=1.0)
+            rate = eta / curvatures[name].clamp(min=1.0)
         if spec.write_bound > 0:
             group = [grad] if name == "W1" else [g for n, g in grads.items() if n != "W1"]
             norm = torch.stack([g.pow(2).sum((-2, -1)) for g in group]).sum(0).sqrt()[:, None, None]
@@ -100,22 +99,31 @@ def _reference_steps(level: CMSLevel, eta: Tensor, grads: State, inputs: State) 
 
 def _inner_grads(level: CMSLevel, w: State, x: Tensor, u: Tensor | None) -> tuple[State, State]:
     """Per-sample g for one token x (B, 1, d), by autograd of the literal inner loss
-    (:func:`nestlearn.memory.inner_gradients`), and each weight's input (the key n(k) for the input
-    weights, the hidden activations for W₁), (B, 1, ·).
+    (:func:`nestlearn.memory.inner_gradients`), and each weight's curvature (B, 1, 1): ‖a‖² for W₁
+    (its input, the hidden activations), ‖n(k)‖²·‖∂F/∂p‖²_F for the input weights (their input
+    times the squared Jacobian of the level's output with respect to their output p, by autograd).
 
     ``kv``: ½‖F(k) − v‖² with k = W_k x, v = W_v x; ``lss``: ⟨F(x), u⟩ with u (B, 1, d).
     """
     k = x if level.signal == "lss" else level.key(x)
     z = level.norm(k)
 
-    def hidden(weights: State) -> Tensor:
-        if level.form == "mlp":
-            return activation(level.spec.activation, z @ weights["W2"].mT)
-        return F.silu(z @ weights["W2"].mT) * (z @ weights["W3"].mT)
+    def hidden(pre: list[Tensor]) -> Tensor:
+        return activation(level.spec.activation, pre[0]) if level.form == "mlp" else F.silu(pre[0]) * pre[1]
+
+    def inputs(weights: State) -> list[Tensor]:
+        return [z @ weights[n].mT for n in weights if n != "W1"]
 
     def loss(weights: State) -> Tensor:
-        out = k + hidden(weights) @ weights["W1"].mT
+        out = k + hidden(inputs(weights)) @ weights["W1"].mT
         return (out * u).sum() if level.signal == "lss" else 0.5 * (out - level.value(x)).pow(2).sum()
 
     grads = inner_gradients(loss, w)
-    return grads, {n: hidden(w) if n == "W1" else z for n in w}
+    with torch.enable_grad():
+        pre = [p if p.requires_grad else p.detach().requires_grad_(True) for p in inputs(w)]
+        body = hidden(pre) @ w["W1"].mT
+        gain = sum(sum(g.pow(2).sum((-2, -1), keepdim=True)
+                       for g in torch.autograd.grad(body[..., i].sum(), pre, create_graph=True))
+                   for i in range(body.shape[-1]))
+    key_sq = z.pow(2).sum((-2, -1), keepdim=True)
+    return grads, {n: hidden(pre).pow(2).sum((-2, -1), keepdim=True) if n == "W1" else key_sq * gain for n in w}

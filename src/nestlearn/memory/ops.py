@@ -207,18 +207,22 @@ def _coefficients(spec: MemorySpec, gp: _GateProducts, eta: Tensor, beta: Tensor
                          gk=gk, mom_end=gp.d_beta[..., n - 1, :] * c, b_end=gp.b[..., n - 1])
 
 
-def weight_step(spec: MemorySpec, eta: Tensor, e: Tensor, p: Tensor) -> tuple[Tensor, Tensor | None]:
+def weight_step(spec: MemorySpec, eta: Tensor, e: Tensor, p: Tensor,
+                gain: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
     """One weight's step and gradient scale from its factors g_t = e_t p_tᵀ (spec module docstring).
 
     Args:
         eta: (..., n) the effective step (after the ``eigen`` range); e: (..., n, d_out); p: (..., n, d_in).
+        gain: (..., n) the squared gain from this weight's output to the memory's output, when it is
+            not 1 (a first layer followed by a second): the normalisation then divides by the
+            curvature ‖p‖²·gain instead of ‖p‖² (design.md S3, CMS).
 
     Returns:
         the normalised step (..., n) (``step_norm``) and the write bound's factor min(1, τ/‖g_t‖_F)
         (..., n), or None without a bound.
     """
     if spec.step_norm != "none":
-        sq = p.pow(2).sum(-1)
+        sq = p.pow(2).sum(-1) if gain is None else p.pow(2).sum(-1) * gain
         eta = eta / (1 + eta * sq) if spec.step_norm == "implicit" else eta / sq.clamp(min=1.0)
     if spec.write_bound <= 0:
         return eta, None
