@@ -60,3 +60,20 @@ def test_hope_and_titans_train_400_steps_from_the_cli_at_their_defaults(tmp_path
     assert all(0 < r["fast_norm_max"] < 1e3 for r in logged), [r["fast_norm_max"] for r in logged]
     assert "fast_norm/layer1.mem" in logged[-1] and "val_fast_norm/layer1.mem" in records[-1], sorted(records[-1])
     assert records[-1]["val_bpb"] < 4.5
+
+
+def test_a_diverged_step_names_the_layer_memory_and_tokens(tmp_path, tiny_text):
+    """design.md S6: the divergence error replays the step under the monitor and says where the fast
+    weights first became non-finite."""
+    from nestlearn.train import Trainer
+    from nestlearn.train.trainer import TrainingDiverged
+
+    cfg = load_run_config(None, ["model.family=hope", "model.d_model=32", "model.n_layers=2",
+                                 "model.selfmod.chunk_size_memory=4", "model.selfmod.chunk_size_other=8",
+                                 "model.cms.chunk_sizes=[8,4]", "train.batch_size=2", "train.seq_len=16",
+                                 f"data.source={tiny_text}", f"train.out_dir={tmp_path / 'run'}"])
+    trainer = Trainer(cfg, progress=False)
+    with torch.no_grad():  # poison the output memory's initial state in the second block only
+        trainer.model.blocks[1].selfmod.initial["mem"]["W1"].fill_(math.inf)
+    with pytest.raises(TrainingDiverged, match=r"first became non-finite in layer1\.mem at tokens 0–3"):
+        trainer.train_step()
