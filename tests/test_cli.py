@@ -90,7 +90,8 @@ def test_generate_with_a_prompt_longer_than_the_model(tmp_path, tiny_text, capsy
     assert code == 2 and "exceeds model.max_seq_len=32" in err
 
 
-SHIPPED_CONFIGS = sorted(p.name for p in (Path(__file__).parent.parent / "configs").glob("*-tiny.yaml"))
+SHIPPED_CONFIGS = sorted([p.name for p in (Path(__file__).parent.parent / "configs").glob("*-tiny.yaml")]
+                         + ["hope-formal.yaml"])
 
 
 @pytest.mark.parametrize("name", SHIPPED_CONFIGS)
