@@ -222,7 +222,9 @@ def weight_step(spec: MemorySpec, eta: Tensor, e: Tensor, p: Tensor,
         (..., n), or None without a bound.
     """
     if spec.step_norm != "none":
-        sq = p.pow(2).sum(-1) if gain is None else p.pow(2).sum(-1) * gain
+        sq = p.pow(2).sum(-1)
+        if gain is not None:
+            sq = sq * gain
         eta = eta / (1 + eta * sq) if spec.step_norm == "implicit" else eta / sq.clamp(min=1.0)
     if spec.write_bound <= 0:
         return eta, None
