@@ -200,7 +200,7 @@ def lm_trainer(entry: str, lr: float, seed: int, args: argparse.Namespace, out_d
 
 
 def lm_run(entry: str, lr: float, seed: int, args: argparse.Namespace, data: None) -> dict[str, Any]:
-    from nestlearn.train.trainer import read_metrics
+    from nestlearn.train.runlog import read_metrics
 
     with tempfile.TemporaryDirectory(prefix="nestlearn-optbench-") as tmp:
         out_dir = str(Path(tmp) / "run")

@@ -12,7 +12,7 @@ from nestlearn.layers.cms import (
     swiglu_apply,
     unpack_weights,
 )
-from nestlearn.layers.cms_reference import cms_reference
+from nestlearn.layers.cms.naive import cms_reference
 
 D = 8
 
@@ -260,3 +260,29 @@ def test_bounded_step_keeps_a_level_with_a_large_output_layer_finite():
         if step == "bounded":
             assert state["0.W2"].norm() < 100
     assert finite == {"bounded": True, "none": False}
+
+
+@pytest.mark.parametrize("pos", [0, 3])
+def test_a_kv_level_is_the_memory_primitive_with_a_boundary_read(pos):
+    """An MLP level with the kv signal and D13's step is the primitive's non-residual MLP memory, read
+    at its chunk's boundary (Eq 71): query n(x), key n(k), value v − k, plain GD at η_t; its output
+    is x + M_b(n(x)), and its state is the primitive's (weights W_b − pending write, boundary W_b)."""
+    from nestlearn.memory import MemorySpec, memory_scan
+
+    cms = make(chunk_sizes=(4,), step=("none", 0.0))
+    level = cms.levels[0]
+    x = torch.randn(2, 11, D, dtype=torch.float64)
+    state = cms.init_state(2, dtype=torch.float64)
+    if pos:  # a stream carried in from mid-chunk, with a pending write
+        _, state = cms(torch.randn(2, pos, D, dtype=torch.float64), state)
+    y, new = cms(x, state, pos=pos)
+    spec = MemorySpec(kind="mlp", objective="l2", rule="gd", chunk_size=4, read="boundary", residual=False)
+    x_norm = level.norm(x)
+    key, target, eta = level.write_inputs(x, x_norm)
+    mem = {"W1": state["0.W1"] - state["0.G1"], "W2": state["0.W2"] - state["0.G2"],
+           "W1_b": state["0.W1"], "W2_b": state["0.W2"]}
+    out, mem = memory_scan(spec, mem, x_norm, key, target, eta.squeeze(-1), pos=pos)
+    torch.testing.assert_close(y, x + out, rtol=0, atol=1e-12)
+    for j in ("1", "2"):
+        torch.testing.assert_close(new[f"0.W{j}"], mem[f"W{j}_b"], rtol=0, atol=1e-12)
+        torch.testing.assert_close(new[f"0.W{j}"] - new[f"0.G{j}"], mem[f"W{j}"], rtol=0, atol=1e-12)

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from nestlearn.config import from_dict
 from nestlearn.layers.cms import CMS, CMSConfig
-from nestlearn.layers.cms_reference import cms_reference
+from nestlearn.layers.cms.naive import cms_reference
 from nestlearn.models import CausalLM
 from nestlearn.models.hope import HopeConfig
 from nestlearn.models.hope_attention import HopeAttentionConfig

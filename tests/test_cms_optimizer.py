@@ -15,7 +15,7 @@ from nestlearn.models.hope_attention import HopeAttentionConfig
 from nestlearn.optim import OptimConfig, build_optimizer
 from nestlearn.optim.periodic import PeriodicOptimizer, periodic_parameters
 from nestlearn.train import Trainer, load_run_config
-from nestlearn.train.trainer import read_metrics
+from nestlearn.train.runlog import read_metrics
 
 D = 8
 

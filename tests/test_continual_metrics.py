@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from nestlearn.errors import ConfigError
-from nestlearn.eval.continual import (
+from nestlearn.eval.continual.metrics import (
     average_accuracy,
     average_incremental_accuracy,
     backward_transfer,

@@ -11,8 +11,8 @@ import torch
 
 from nestlearn.data.corpus import Corpus
 from nestlearn.errors import ConfigError, DataError
-from nestlearn.eval import continual_lm
-from nestlearn.eval.continual_icl import (
+from nestlearn.eval.continual import lm as continual_lm
+from nestlearn.eval.continual.icl import (
     ICLSettings,
     ICLSpec,
     accuracy_matrix,
@@ -20,12 +20,12 @@ from nestlearn.eval.continual_icl import (
     sample_streams,
     training_batch,
 )
-from nestlearn.eval.continual_lm import (
+from nestlearn.eval.continual.lm import (
     LMStreamSettings,
     run_lm_stream,
     stdlib_code_corpus,
 )
-from nestlearn.eval.continual_mnist import (
+from nestlearn.eval.continual.mnist import (
     ImageTask,
     LevelClassifier,
     MnistSettings,

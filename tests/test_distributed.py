@@ -16,7 +16,7 @@ import torch
 from nestlearn.errors import ConfigError
 from nestlearn.train import Trainer, load_model, load_run_config
 from nestlearn.train.distributed import DistContext, check_optimizer, local_rows
-from nestlearn.train.trainer import read_metrics
+from nestlearn.train.runlog import read_metrics
 
 WORKER = Path(__file__).parent / "distributed_worker.py"
 

@@ -19,7 +19,7 @@ from nestlearn.models.lm import CausalLM, model_config_from_dict
 from nestlearn.stateful import learn
 from nestlearn.train.checkpoint import save_checkpoint
 from nestlearn.train.config import RunConfig
-from nestlearn.train.trainer import load_model
+from nestlearn.train.loading import load_model
 
 VOCAB = 48
 # Tiny members of four kinds of family: attention, Hope (self-modifying memory + CMS levels that

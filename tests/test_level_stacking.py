@@ -104,7 +104,7 @@ def test_bad_stacking_requests():
 
 def test_stack_checkpoint_round_trip(tmp_path):
     from nestlearn.train.checkpoint import save_checkpoint
-    from nestlearn.train.trainer import CHECKPOINT, load_model, model_state_tensors
+    from nestlearn.train.loading import CHECKPOINT, load_model, model_state_tensors
 
     tok = ByteTokenizer()
     source = pretrained(torch.float32, vocab=tok.vocab_size).eval()

@@ -2,9 +2,14 @@
 
 import torch
 
-from nestlearn.layers.linear_memory import deltanet_layer, gated_deltanet_layer, linear_attention_layer
+from nestlearn.models.linear_memory import DeltaNetConfig, GatedDeltaNetConfig, LinearAttentionConfig
 
 DT = torch.float64
+
+
+def layer_of(config_class):
+    """The memory layer a model family builds (d = 16, two heads, chunk 4)."""
+    return config_class(d_model=16, n_heads=2, chunk_size=4).memory_layer()
 
 
 def layer_inputs(layer, length=9, seed=0):
@@ -22,13 +27,13 @@ def check_final_memory(layer, x, expected):
 
 
 def test_linear_attention_memory_is_sum_of_outer_products():
-    layer, x, q, k, v, *_ = layer_inputs(linear_attention_layer(16, 2, chunk_size=4))
+    layer, x, q, k, v, *_ = layer_inputs(layer_of(LinearAttentionConfig))
     check_final_memory(layer, x, (v.unsqueeze(-1) * k.unsqueeze(-2)).sum(dim=2))
 
 
 def test_deltanet_and_gated_deltanet_follow_the_delta_rule():
-    for make, gated in ((deltanet_layer, False), (gated_deltanet_layer, True)):
-        layer, x, q, k, v, eta, alpha = layer_inputs(make(16, 2, chunk_size=4))
+    for config_class, gated in ((DeltaNetConfig, False), (GatedDeltaNetConfig, True)):
+        layer, x, q, k, v, eta, alpha = layer_inputs(layer_of(config_class))
         w = torch.zeros(2, 2, 8, 8, dtype=DT)
         for t in range(x.shape[1]):
             kt, vt = k[:, :, t, :, None], v[:, :, t, :, None]

@@ -12,6 +12,7 @@ from nestlearn.memory import (
     boundary_factors,
     init_memory_state,
     inner_loss,
+    memory_apply,
     memory_scan,
     memory_scan_reference,
     segment_products,
@@ -66,7 +67,8 @@ def test_fast_equals_reference(kind, objective, opt):
             assert_close(st_f[name], st_r[name])
 
 
-@pytest.mark.parametrize("momentum,read,rule", list(itertools.product(("titans", "scaled"), ("after", "before"), ("gd", "dgd"))))
+@pytest.mark.parametrize("momentum,read,rule", list(itertools.product(("titans", "scaled"), ("after", "before", "boundary"),
+                                                                      ("gd", "dgd"))))
 def test_fast_equals_reference_momentum_forms_and_reads(momentum, read, rule):
     for kind in ("linear", "mlp"):
         spec = MemorySpec(kind=kind, rule=rule, momentum=momentum, read=read, chunk_size=8, activation="gelu")
@@ -96,6 +98,24 @@ def test_chunk_size_one_is_token_by_token_equations():
         w1, w2 = a_ * w1 - e_ * s1, w2 @ (a_ * eye - e_ * kt @ kt.mT) - e_ * s2
         qt = q[..., t, :, None]
         assert_close(out[..., t, :], (qt + w1 @ F.silu(w2 @ qt)).squeeze(-1))
+
+
+def test_boundary_read_is_the_state_at_the_last_chunk_boundary():
+    """read="boundary": every token of a chunk reads the state the chunk started from (a stream
+    carried in from mid-chunk reads its boundary copy), written out with the "after" read's states."""
+    after = MemorySpec(kind="mlp", rule="dgd", momentum="ema", chunk_size=4)
+    spec = MemorySpec(kind="mlp", rule="dgd", momentum="ema", chunk_size=4, read="boundary")
+    init, q, k, v, eta, alpha, beta = make_inputs(spec, 11)
+    out, _ = run(memory_scan, spec, init, q, k, v, eta, alpha, beta, pos=2)
+    state = init_memory_state(after, init, B)
+    for t in range(11):
+        if (2 + t) % 4 == 0:
+            boundary = {n: state[n] for n in after.weight_names}
+        elif t == 0:
+            boundary = {n: state[f"{n}_b"] for n in after.weight_names}
+        assert_close(out[..., t:t + 1, :], memory_apply(after, boundary, q[..., t:t + 1, :]), 1e-12)
+        _, state = memory_scan(after, state, *(x[..., t:t + 1, :] for x in (q, k, v)),
+                               *(g[..., t:t + 1] for g in (eta, alpha, beta)), pos=2 + t)
 
 
 def linear_spec(**kw):
@@ -231,9 +251,9 @@ def test_gradcheck(fn, kind, rule, momentum):
     assert torch.autograd.gradcheck(func, (*init.values(), q, k, v, eta, alpha, beta))
 
 
-@pytest.mark.parametrize("kind", ["linear", "mlp"])
-def test_fast_gradients_equal_reference_gradients(kind):
-    spec = MemorySpec(kind=kind, rule="dgd", momentum="titans", chunk_size=4)
+@pytest.mark.parametrize("kind,read", list(itertools.product(("linear", "mlp"), ("after", "boundary"))))
+def test_fast_gradients_equal_reference_gradients(kind, read):
+    spec = MemorySpec(kind=kind, rule="dgd", momentum="titans", chunk_size=4, read=read)
     inputs = make_inputs(spec, 11, requires_grad=True)
     leaves = [*inputs[0].values(), *inputs[1:]]
     weight = torch.randn(B, H, 11, D, generator=torch.Generator().manual_seed(3), dtype=DT)
@@ -276,11 +296,11 @@ def test_scalar_head_memory_without_residual():
         assert_close(st_f[name], st_r[name])
 
 
-@pytest.mark.parametrize("kind", ["linear", "mlp"])
-def test_stopgrad_writes(kind):
+@pytest.mark.parametrize("kind,read", list(itertools.product(("linear", "mlp"), ("after", "boundary"))))
+def test_stopgrad_writes(kind, read):
     """D3 "stopgrad": same values; gradients reach q and M_0 only (fast path = reference)."""
-    spec = MemorySpec(kind=kind, rule="dgd", momentum="titans", chunk_size=4)
-    stop = MemorySpec(kind=kind, rule="dgd", momentum="titans", chunk_size=4, write_grad="stopgrad")
+    spec = MemorySpec(kind=kind, rule="dgd", momentum="titans", chunk_size=4, read=read)
+    stop = MemorySpec(kind=kind, rule="dgd", momentum="titans", chunk_size=4, write_grad="stopgrad", read=read)
     init, q, k, v, eta, alpha, beta = make_inputs(spec, 11, requires_grad=True)
     out_d, st_d = run(memory_scan, spec, init, q, k, v, eta, alpha, beta)
     results = [run(fn, stop, init, q, k, v, eta, alpha, beta) for fn in (memory_scan, memory_scan_reference)]

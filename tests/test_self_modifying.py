@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from nestlearn.errors import ConfigError
 from nestlearn.layers.self_modifying import SelfModConfig, SelfModifyingTitans
-from nestlearn.layers.self_modifying_reference import self_modifying_reference
+from nestlearn.layers.self_modifying.naive import self_modifying_reference
 from nestlearn.memory import memory_apply
 
 DT = torch.float64

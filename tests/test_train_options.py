@@ -11,7 +11,7 @@ from nestlearn.errors import ConfigError
 from nestlearn.models import CausalLM, TransformerConfig
 from nestlearn.models.hope import HopeConfig
 from nestlearn.train import Trainer, load_run_config
-from nestlearn.train.trainer import read_metrics
+from nestlearn.train.runlog import read_metrics
 
 
 def config(tmp_path, text, *extra):

@@ -6,7 +6,8 @@ import torch
 
 from nestlearn.errors import CheckpointError, ConfigError, DataError
 from nestlearn.train import Trainer, load_model, load_run_config
-from nestlearn.train.trainer import lr_factor, read_metrics
+from nestlearn.train.runlog import read_metrics
+from nestlearn.train.schedule import lr_factor
 
 
 def config(tmp_path, text, *extra):

@@ -131,7 +131,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
 def cmd_eval(args: argparse.Namespace) -> None:
     from nestlearn.data.corpus import DataConfig, load_corpus
     from nestlearn.eval.lm import evaluate_bpb
-    from nestlearn.train.trainer import load_model
+    from nestlearn.train.loading import load_model
 
     model, tokenizer, meta = load_model(args.checkpoint, args.device)
     data = dict(meta["config"]["data"])
@@ -151,7 +151,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
-    from nestlearn.train.trainer import load_model
+    from nestlearn.train.loading import load_model
 
     model, tokenizer, _ = load_model(args.checkpoint, args.device)
     state = None
@@ -169,7 +169,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
 def cmd_learn(args: argparse.Namespace) -> None:
     from nestlearn.stateful import learn, load_state, save_state
-    from nestlearn.train.trainer import load_model
+    from nestlearn.train.loading import load_model
 
     model, tokenizer, _ = load_model(args.checkpoint, args.device)
     text_path = Path(args.text)

@@ -1,3 +1,3 @@
 """Evaluation: language-model bits per byte (``eval.lm``), task metrics (``eval.metrics``) and
-continual-learning metrics (``eval.continual``). Submodules are imported explicitly so that the
+continual learning (``eval.continual``: metrics and benchmarks). Submodules are imported explicitly so that the
 metrics load without the model code."""

@@ -77,7 +77,7 @@ def _check_free(path: Path) -> None:
 
 def checkpoint_to_hf(checkpoint: str | Path, out_dir: str | Path) -> Path:
     """Write the model of a nestlearn checkpoint (file or run folder) as a Hugging Face folder."""
-    from nestlearn.train.trainer import load_model
+    from nestlearn.train.loading import load_model
 
     out_dir = Path(out_dir)
     _check_free(out_dir)

@@ -25,7 +25,7 @@ from torch import nn
 
 from nestlearn.errors import ConfigError
 from nestlearn.layers.norm import RMSNorm
-from nestlearn.memory import MemorySpec, init_memory_state, memory_scan
+from nestlearn.memory import MemorySpec, init_memory_state, logit, memory_scan
 
 State = dict[str, torch.Tensor]
 
@@ -78,10 +78,6 @@ def causal_depthwise_conv(x: torch.Tensor, weight: torch.Tensor, cache: torch.Te
         cache = x.new_zeros(x.shape[0], width - 1, x.shape[2])
     full = torch.cat((cache, x), dim=1)
     return _ShiftConv.apply(full, weight[:, 0].T), full[:, full.shape[1] - (width - 1):]
-
-
-def _logit(p: float) -> float:
-    return math.log(p / (1 - p))
 
 
 class MemoryLayer(nn.Module):
@@ -137,7 +133,7 @@ class MemoryLayer(nn.Module):
     def reset_special_parameters(self) -> None:
         """Gate biases at their initial values; M_0 near the identity (MLP) or zero (linear), D12."""
         if self.gates is not None:
-            bias = torch.tensor([_logit(self.inits[n]) for n in self.gate_names]).repeat_interleave(self.n_heads)
+            bias = torch.tensor([logit(self.inits[n]) for n in self.gate_names]).repeat_interleave(self.n_heads)
             with torch.no_grad():
                 self.gates.bias.copy_(bias)
         if self.spec.kind == "linear":

@@ -91,7 +91,7 @@ class NestlearnLM(LM):
                  seq_len: int = 0, carry_state: bool | str = "auto", prefix: str = "\n", max_gen_toks: int = 256,
                  seed: int = 0):
         super().__init__()
-        from nestlearn.train.trainer import load_model
+        from nestlearn.train.loading import load_model
 
         self._device = _resolve_device(str(device))
         self.batch_size = _positive_int("batch_size", batch_size)

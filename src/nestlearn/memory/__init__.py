@@ -8,17 +8,10 @@
   :func:`weight_step`: one weight's normalised, bounded step (design.md S3, S5), also used by CMS.
 """
 
-from nestlearn.memory.ops import (
-    activation,
-    activation_grad,
-    boundary_factors,
-    chunk_bounds,
-    init_memory_state,
-    memory_apply,
-    memory_scan,
-    segment_products,
-    weight_step,
-)
+from nestlearn.memory.chunks import chunk_bounds, split_chunks
+from nestlearn.memory.gates import logit
+from nestlearn.memory.gradients import activation, activation_grad, boundary_factors, memory_apply
+from nestlearn.memory.ops import init_memory_state, memory_scan, segment_products, weight_step
 from nestlearn.memory.reference import inner_gradients, inner_loss, memory_scan_reference
 from nestlearn.memory.spec import MemorySpec
 
@@ -31,9 +24,11 @@ __all__ = [
     "init_memory_state",
     "inner_gradients",
     "inner_loss",
+    "logit",
     "memory_apply",
     "memory_scan",
     "memory_scan_reference",
     "segment_products",
+    "split_chunks",
     "weight_step",
 ]

@@ -25,101 +25,18 @@ Tensor layout: weights (..., d_out, d_in), per-token vectors (..., n, dim), gate
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
 
 from nestlearn.memory import monitor
+from nestlearn.memory.chunks import chunk_bounds, split_chunks
+from nestlearn.memory.gradients import activation, boundary_terms, memory_apply
 from nestlearn.memory.spec import MemorySpec
 
 Tensor = torch.Tensor
 State = dict[str, Tensor]
-
-
-def activation(name: str, p: Tensor) -> Tensor:
-    """σ(p) of the MLP memory."""
-    return F.silu(p) if name == "silu" else F.gelu(p)
-
-
-def activation_grad(name: str, p: Tensor) -> Tensor:
-    """σ'(p) in closed form: SiLU s(1 + p(1 − s)); exact GELU Φ(p) + p φ(p) (spec §5.8)."""
-    if name == "silu":
-        s = torch.sigmoid(p)
-        return s * (1 + p * (1 - s))
-    return 0.5 * (1 + torch.erf(p / math.sqrt(2))) + p * torch.exp(-0.5 * p * p) / math.sqrt(2 * math.pi)
-
-
-def memory_apply(spec: MemorySpec, weights: State, z: Tensor) -> Tensor:
-    """M(z) with fixed weights (a read with no write, e.g. Titans' retrieval M*(q) [T Eq 15, 21]).
-
-    Args:
-        weights: ``{"W": (..., d_out, d_in)}`` or ``{"W1": (..., d_out, h), "W2": (..., h, d_in)}``.
-        z: (..., n, d_in).
-
-    Returns:
-        (..., n, d_out).
-    """
-    if spec.kind == "linear":
-        return z @ weights["W"].mT
-    out = activation(spec.activation, z @ weights["W2"].mT) @ weights["W1"].mT
-    return z + out if spec.residual else out
-
-
-def boundary_factors(spec: MemorySpec, weights: State, k: Tensor, v: Tensor) -> dict[str, tuple[Tensor, Tensor]]:
-    """Closed-form inner gradients at the boundary state, as rank-1 factors g_t = e_t p_tᵀ (spec §5.8).
-
-    Linear: ∇_W ℓ = e kᵀ. MLP with p = W₂k, a = σ(p): ∇_{W₁} ℓ = e aᵀ, ∇_{W₂} ℓ = δ kᵀ with
-    δ = (W₁ᵀ e) ⊙ σ'(p). e = M_b(k) − v for ``l2`` and −v for ``dot``.
-
-    Args:
-        weights: boundary weights (see :func:`memory_apply`).
-        k: (..., n, d_in); v: (..., n, d_out).
-
-    Returns:
-        weight name -> (E: (..., n, d_out of that weight), P: (..., n, d_in of that weight)).
-    """
-    return _boundary_terms(spec, weights, k, v, self_values=False, q=None)[0]
-
-
-def _boundary_terms(spec: MemorySpec, weights: State, k: Tensor, v: Tensor, self_values: bool,
-                    q: Tensor | None) -> tuple[dict[str, tuple[Tensor, Tensor]], Tensor, Tensor | None]:
-    """:func:`boundary_factors`, optionally with self-generated targets, sharing the boundary products.
-
-    Every input that meets the boundary's first weight (W, or W₂ of the MLP) goes through one matrix
-    product: k (the gradients), v when the targets are the memory's own output v̂ = M_b(v)
-    (``self_values``, NL-L Eq 84) and q when the caller reads from X_0 = M_b (an aligned chunk).
-
-    Returns:
-        the factors, k W_firstᵀ (..., n, h) and q W_firstᵀ (None without q).
-    """
-    first = "W" if spec.kind == "linear" else "W2"
-    rows = [k] + ([v] if self_values else []) + ([q] if q is not None else [])
-    pre = (torch.cat(rows, dim=-2) if len(rows) > 1 else k) @ weights[first].mT
-    pre = pre.split([r.shape[-2] for r in rows], dim=-2)
-    pre_k, pre_q = pre[0], (pre[-1] if q is not None else None)
-    l2 = spec.objective == "l2"
-    if spec.kind == "linear":
-        target = pre[1] if self_values else v
-        return {"W": (pre_k - target if l2 else -target, k)}, pre_k, pre_q
-    act = activation(spec.activation, pre_k)
-    w1 = weights["W1"]
-    out_k = None
-    if self_values:
-        act_v = activation(spec.activation, pre[1])
-        if l2:
-            out_k, out_v = (torch.cat((act, act_v), dim=-2) @ w1.mT).split([k.shape[-2], v.shape[-2]], dim=-2)
-        else:
-            out_v = act_v @ w1.mT
-        target = v + out_v if spec.residual else out_v
-    else:
-        target = v
-        if l2:
-            out_k = act @ w1.mT
-    e = ((k + out_k if spec.residual else out_k) - target) if l2 else -target
-    delta = (e @ w1) * activation_grad(spec.activation, pre_k)
-    return {"W1": (e, act), "W2": (delta, k)}, pre_k, pre_q
 
 
 def segment_products(a: Tensor) -> Tensor:
@@ -320,7 +237,8 @@ def _chunk(spec: MemorySpec, cur: State, mom: State, grad_at: State, q: Tensor, 
     """
     first = "W" if spec.kind == "linear" else "W2"
     aligned = all(grad_at[n] is cur[n] for n in cur)
-    factors, pre_k, pre_q = _boundary_terms(spec, grad_at, k, v, self_values, q if outputs and aligned else None)
+    read_q = outputs and spec.read != "boundary"  # a boundary read needs none of the chunk's intra-chunk terms
+    factors, pre_k, pre_q = boundary_terms(spec, grad_at, k, v, self_values, q if read_q and aligned else None)
     cos = _weight_coefficients(spec, eta, alpha, beta, factors, first)
     co = cos[first]
     prev = co.before()
@@ -329,11 +247,11 @@ def _chunk(spec: MemorySpec, cur: State, mom: State, grad_at: State, q: Tensor, 
     x0, s0, a_first = cur[first], mom.get(first), anchor.get(first)
     dgd = spec.rule == "dgd"
     n = k.shape[-2]
-    zs = torch.cat((k, q), dim=-2) if outputs else k
+    zs = torch.cat((k, q), dim=-2) if read_q else k
 
     def split(t: Tensor) -> tuple[Tensor, Tensor | None]:
         # split, not slices: a slice's backward fills a zero tensor of the whole.
-        return t.split(n, dim=-2) if outputs else (t, None)
+        return t.split(n, dim=-2) if read_q else (t, None)
 
     if aligned:
         k_x0, q_x0 = pre_k, pre_q
@@ -360,6 +278,9 @@ def _chunk(spec: MemorySpec, cur: State, mom: State, grad_at: State, q: Tensor, 
             new_m[name] = s
     if not outputs:
         return None, new_w, new_m
+    if not read_q:
+        read_at = grad_at if stop_shift is None else {name: w + stop_shift[name] for name, w in grad_at.items()}
+        return memory_apply(spec, read_at, q), new_w, new_m
     out = read_co.a0.unsqueeze(-1) * q_x0
     if s0 is not None:
         out = out - read_co.sig.unsqueeze(-1) * q_s0
@@ -393,19 +314,6 @@ def _check_inputs(spec: MemorySpec, state: State, eta: Tensor, alpha: Tensor | N
         raise ValueError(f"beta must be given exactly when momentum is on (momentum={spec.momentum!r})")
     if alpha is not None and alpha.shape != eta.shape:
         raise ValueError(f"alpha shape {tuple(alpha.shape)} != eta shape {tuple(eta.shape)}")
-
-
-def chunk_bounds(pos: int, length: int, chunk_size: int) -> list[tuple[int, int]]:
-    """[start, end) token ranges of the chunks of a call covering absolute positions pos..pos+length−1.
-
-    The first range ends at the next multiple of C, so a stream cut anywhere yields the same chunks.
-    """
-    bounds, start = [], 0
-    while start < length:
-        end = min(length, start + chunk_size - (pos + start) % chunk_size)
-        bounds.append((start, end))
-        start = end
-    return bounds
 
 
 def effective_eta(spec: MemorySpec, eta: Tensor, alpha: Tensor | None) -> Tensor:
@@ -467,13 +375,10 @@ def memory_scan(spec: MemorySpec, state: State, q: Tensor, k: Tensor, v: Tensor,
     mom = {n: state[f"{n}_mom"] for n in names} if spec.momentum != "none" else {}
     grad_at = {n: state[f"{n}_b"] for n in names} if pos % spec.chunk_size else dict(cur)
     bounds = chunk_bounds(pos, q.shape[-2], spec.chunk_size)
-    sizes = [end - start for start, end in bounds]
-    # split (not slicing in the loop): its backward concatenates, where slice backward would
-    # scatter into a zero tensor of the full length for every chunk (quadratic in T).
-    pieces = [x.split(sizes, dim=-2) for x in (q, k, v)]
-    gates = [None if g is None else g.split(sizes, dim=-1) for g in (eta, alpha, beta)]
+    pieces = split_chunks(bounds, (q, k, v), dim=-2)
+    gates = split_chunks(bounds, (eta, alpha, beta), dim=-1)
     outs = []
-    for i, (start, _) in enumerate(bounds):
+    for i, (start, end) in enumerate(bounds):
         last = i == len(bounds) - 1
         if last and not (final_state or outputs):
             break
@@ -484,7 +389,7 @@ def memory_scan(spec: MemorySpec, state: State, q: Tensor, k: Tensor, v: Tensor,
                                outputs=outputs, self_values=self_values, end_state=final_state or not last)
         outs.append(out)
         if watch is not None:
-            watch.observe(tag, pos + start, cur, out, sizes[i])
+            watch.observe(tag, pos + start, cur, out, end - start)
     if not final_state:
         return (torch.cat(outs, dim=-2) if outputs else None), {}
     if (pos + q.shape[-2]) % spec.chunk_size == 0:

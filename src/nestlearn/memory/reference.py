@@ -14,7 +14,8 @@ from collections.abc import Callable
 import torch
 
 from nestlearn.memory import monitor
-from nestlearn.memory.ops import State, activation, chunk_bounds, memory_apply
+from nestlearn.memory.chunks import chunk_bounds
+from nestlearn.memory.gradients import State, activation, memory_apply
 from nestlearn.memory.spec import MemorySpec
 
 Tensor = torch.Tensor
@@ -64,7 +65,7 @@ def memory_scan_reference(spec: MemorySpec, state: State, q: Tensor, k: Tensor, 
         R = (1 − α_t) W₀ with retain "initial" (W₀ = ``anchor``), else 0
         W ← W(α_t I − η_W k_t k_tᵀ) + R − step_W   on the key-consuming weight with DGD,
         W ← α_t W + R − step_W                      otherwise,
-        y_t = M_t(q_t) (read "after") or M_{t−1}(q_t) (read "before").
+        y_t = M_t(q_t) (read "after"), M_{t−1}(q_t) (read "before") or M_{b(t)}(q_t) (read "boundary").
     """
     names = spec.weight_names
     dgd_weight = "W" if spec.kind == "linear" else "W2"
@@ -99,6 +100,8 @@ def memory_scan_reference(spec: MemorySpec, state: State, q: Tensor, k: Tensor, 
         eta_t, alpha_t = eta[..., t, None, None], alpha[..., t, None, None]
         if spec.read == "before":
             outs.append(memory_apply(spec, weights(cur), qt))
+        elif spec.read == "boundary":
+            outs.append(memory_apply(spec, weights(boundary), qt))
         grads = inner_gradients(lambda w: inner_loss(spec, w, kt, vt), boundary)
         inputs = {dgd_weight: kt}
         if spec.kind == "mlp":

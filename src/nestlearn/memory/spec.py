@@ -38,7 +38,9 @@ Conventions (one sample, one head; the implementation carries a batch and a head
 * Write bound (``write_bound`` τ > 0, design.md S5): each token's gradient g_t = e_t p_tᵀ is scaled by
   min(1, τ/‖g_t‖_F) before it enters the step or the momentum; 0 turns it off.
 * Read (``read``): ``"after"`` returns y_t = M_t(q_t), the state after token t's write
-  [T Eq 15, NL-L Eq 16]; ``"before"`` returns M_{t−1}(q_t), read-before-write [NL-L Eq 94, D5].
+  [T Eq 15, NL-L Eq 16]; ``"before"`` returns M_{t−1}(q_t), read-before-write [NL-L Eq 94, D5];
+  ``"boundary"`` returns M_b(q_t), the state at the chunk's boundary b(t), so no write of a chunk is
+  seen before the chunk ends (D5's boundary read; a CMS level reads this way, Eq 71).
 * Outer gradients through the writes (``write_grad``, D3): ``"differentiable"`` lets the outer loss
   differentiate the whole recurrence; ``"stopgrad"`` makes every fast state θ₀ + sg(Δ_t), with θ₀ the
   state at the start of the call and Δ_t the accumulated writes — same forward values, but keys,
@@ -62,7 +64,7 @@ MOMENTA = ("none", "titans", "scaled", "ema")
 EIGENS = ("positive", "signed")
 STEP_NORMS = ("none", "implicit", "bounded")
 RETAINS = ("zero", "initial")
-READS = ("after", "before")
+READS = ("after", "before", "boundary")
 ACTIVATIONS = ("silu", "gelu")
 WRITE_GRADS = ("differentiable", "stopgrad")
 
@@ -77,7 +79,7 @@ class MemorySpec:
         rule: ``"gd"`` or ``"dgd"``.
         momentum: ``"none"``, ``"titans"``, ``"scaled"`` or ``"ema"``.
         chunk_size: tokens per chunk C ≥ 1; gradients are taken at the chunk's boundary state.
-        read: ``"after"`` (M_t(q_t)) or ``"before"`` (M_{t−1}(q_t)).
+        read: ``"after"`` (M_t(q_t)), ``"before"`` (M_{t−1}(q_t)) or ``"boundary"`` (M_b(q_t)).
         activation: σ of the MLP memory, ``"silu"`` or ``"gelu"`` (D12).
         residual: the MLP memory adds its input (needs d_in = d_out).
         write_grad: ``"differentiable"`` or ``"stopgrad"`` (D3).

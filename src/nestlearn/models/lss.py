@@ -8,7 +8,7 @@ C(ℓ) tokens, covering absolute positions s … e−1, let
 (targets inside the chunk only: the term whose target is the next chunk's first token is dropped),
 and u_t = ∂L_c/∂y_t^{(ℓ)} the gradient with respect to the level's output, detached (a value
 supplied by another level, Eq 9). At the chunk's end the level writes
-θ ← θ − Σ_t η_t ∇_θ ⟨F_θ(x_t), u_t⟩ at its chunk-start weights (:meth:`~nestlearn.layers.cms.CMS.lss_write`).
+θ ← θ − Σ_t η_t ∇_θ ⟨F_θ(x_t), u_t⟩ at its chunk-start weights (:func:`~nestlearn.layers.cms.lss_write`).
 
 How :func:`lss_forward` computes it:
 
@@ -39,7 +39,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from nestlearn.layers.cms import CMS, LSSRecord
+from nestlearn.layers.cms import CMS, LSSRecord, lss_write
 from nestlearn.memory import chunk_bounds
 from nestlearn.models.lm import CausalLM, LMOutput, LMState
 
@@ -175,7 +175,7 @@ def _write(blocks: dict[int, CMS], tapes: dict[int, dict[int, list[LSSRecord]]],
             values[(k, i)] = [next(us) for _ in tapes[k][i]]
     layers = list(layers)
     for (k, i), us in values.items():
-        written = blocks[k].lss_write(i, _cms_state(layers[k]), tapes[k].pop(i), us, end)
+        written = lss_write(blocks[k], i, _cms_state(layers[k]), tapes[k].pop(i), us, end)
         layers[k] = {**layers[k], **{f"cms.{name}": v for name, v in written.items()}}
     return layers
 

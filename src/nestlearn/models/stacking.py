@@ -73,15 +73,15 @@ def stack_checkpoint(path: str | Path, cms: CMSConfig, out: str | Path | None = 
                      device: str | torch.device = "cpu") -> tuple[CausalLM, Any, dict]:
     """:func:`from_transformer` on a trained checkpoint (file or run folder).
 
-    Returns (model, tokenizer, meta) like :func:`nestlearn.train.trainer.load_model`. ``meta`` is
+    Returns (model, tokenizer, meta) like :func:`nestlearn.train.loading.load_model`. ``meta`` is
     the source's, with ``config.model`` replaced by the stacked model's and a ``stacking`` record:
     the source path, the assignment rule, which end is slow (D17: provisional) and every layer's
     chunk size. With ``out`` (a folder) the result is also written to ``out/checkpoint.safetensors``,
-    which :func:`~nestlearn.train.trainer.load_model` and ``nestlearn eval`` read; it holds no
+    which :func:`~nestlearn.train.loading.load_model` and ``nestlearn eval`` read; it holds no
     optimiser state, so a training run cannot resume from it.
     """
     from nestlearn.train.checkpoint import save_checkpoint
-    from nestlearn.train.trainer import CHECKPOINT, load_model, model_state_tensors
+    from nestlearn.train.loading import CHECKPOINT, load_model, model_state_tensors
 
     source, tokenizer, meta = load_model(path, device)
     stacked = from_transformer(source, cms)

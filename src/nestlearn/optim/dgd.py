@@ -44,7 +44,8 @@ class _InputRecorder:
         entry = self.moments.get(id(module.weight))
         if entry is None or not torch.is_grad_enabled():
             return
-        rows = inputs[0].detach().reshape(-1, module.in_features).float()
+        rows = inputs[0].detach().reshape(-1, module.in_features)
+        rows = rows.to(torch.promote_types(rows.dtype, torch.float32))  # bf16/fp16 inputs accumulate in float32
         moment = rows.mT @ rows
         entry[0] = moment if entry[0] is None else entry[0].add_(moment)
         entry[1] += rows.shape[0]
@@ -67,9 +68,9 @@ class DGD(PerParamOptimizer):
     ``opt = DGD(model, lr=0.01)``.
 
     Reduction of inputs with batch or sequence axes: the hook flattens every input to rows of
-    size ``in_features`` and accumulates C = mean over all rows of x xᵀ (in float32), over every
-    forward pass run with gradients enabled since the last ``zero_grad()`` or ``step()``
-    (forwards under ``torch.no_grad()``, e.g. evaluation, are ignored). This matches a loss that is
+    size ``in_features`` and accumulates C = mean over all rows of x xᵀ (in float32, or float64 for
+    float64 inputs), over every forward pass run with gradients enabled since the last
+    ``zero_grad()`` or ``step()`` (forwards under ``torch.no_grad()``, e.g. evaluation, are ignored). This matches a loss that is
     a mean over those rows; for a single row it is Eq 57 exactly. ``tr C`` is the mean squared
     input norm, so η' = η/(1 + η·mean‖x‖²). A weight shared by several linear modules
     accumulates the rows of all of them.

@@ -11,7 +11,6 @@ trade compile time or compute for speed or memory.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import time
 from pathlib import Path
@@ -27,7 +26,7 @@ from nestlearn.data.tokenizer import BPETokenizer, ByteTokenizer, tokenizer_from
 from nestlearn.errors import CheckpointError, ConfigError, DataError, NestlearnError
 from nestlearn.eval.lm import evaluate_bpb
 from nestlearn.memory import monitor
-from nestlearn.models.lm import CausalLM, model_config_from_dict, replace_config
+from nestlearn.models.lm import CausalLM, replace_config
 from nestlearn.optim.config import build_optimizer
 from nestlearn.provenance import provenance
 from nestlearn.switches import resolved_switches
@@ -37,72 +36,19 @@ from nestlearn.train.config import OPERATIONAL_FIELDS, RunConfig, config_diff
 from nestlearn.train.distributed import (all_reduce_sum, barrier, broadcast_object, check_optimizer, full_tensor,
                                          gather_full, grad_sync, local_rows, setup,
                                          shard_optimizer_state, wrap_model)
+from nestlearn.train.loading import CHECKPOINT, load_model_weights
 from nestlearn.train.report import plot_metrics, write_report
-
-CHECKPOINT = "checkpoint.safetensors"
-
+from nestlearn.train.runlog import METRICS, RunLog, eval_record, fast_norms, summary_writer_class, truncate_metrics
+from nestlearn.train.schedule import lr_factor, sample_batch
 
 class TrainingDiverged(NestlearnError):
     """The training loss became NaN or infinite."""
-METRICS = "metrics.jsonl"
-
-
-def lr_factor(step: int, steps: int, warmup: int, min_ratio: float) -> float:
-    """Learning-rate multiplier for optimizer step ``step`` (0-based): linear warm-up, then cosine to ``min_ratio``."""
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(1, steps - warmup)
-    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-
-
-def sample_batch(ids: torch.Tensor, batch_size: int, seq_len: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random windows of ``seq_len + 1`` tokens (they may cross document boundaries).
-
-    Returns:
-        inputs, targets: each (batch_size, seq_len), targets shifted by one.
-    """
-    starts = torch.randint(0, len(ids) - seq_len, (batch_size,), generator=generator)
-    window = ids[starts[:, None] + torch.arange(seq_len + 1)[None, :]].long()
-    return window[:, :-1], window[:, 1:]
 
 
 def build_tokenizer(cfg: RunConfig, train_text: bytes):
     if cfg.data.tokenizer == "byte":
         return ByteTokenizer()
     return BPETokenizer.train(train_text, cfg.data.bpe_vocab_size)
-
-
-def model_state_tensors(model: CausalLM) -> dict[str, torch.Tensor]:
-    """``model/NAME`` -> full CPU tensor (FSDP shards are all-gathered, so every rank must call it)."""
-    return {f"model/{k}": v for k, v in gather_full(model.state_dict()).items()}
-
-
-def load_model_weights(model: CausalLM, tensors: dict[str, torch.Tensor], path: Path) -> None:
-    """Copy ``model/*`` tensors into ``model``; a missing, extra or reshaped tensor is an error."""
-    weights = {k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")}
-    own = model.state_dict()
-    missing = sorted(set(own) - set(weights))
-    extra = sorted(set(weights) - set(own))
-    reshaped = [k for k in own if k in weights and own[k].shape != weights[k].shape]
-    if missing or extra or reshaped:
-        parts = [f"missing {missing[:5]}" if missing else "", f"unexpected {extra[:5]}" if extra else "",
-                 "shape mismatch " + ", ".join(f"{k} {tuple(weights[k].shape)} vs {tuple(own[k].shape)}" for k in reshaped[:5]) if reshaped else ""]
-        raise CheckpointError(f"{path} does not match the model: " + "; ".join(p for p in parts if p))
-    model.load_state_dict(weights)
-
-
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[CausalLM, Any, dict]:
-    """Load a trained model, its tokenizer and its metadata from a checkpoint file or run folder."""
-    path = Path(path)
-    tensors, meta = load_checkpoint(path)
-    try:
-        model_cfg = model_config_from_dict(meta["config"]["model"])
-    except KeyError:
-        raise CheckpointError(f"{path}: metadata has no model config") from None
-    model = CausalLM(model_cfg)
-    load_model_weights(model, tensors, path)
-    tokenizer = tokenizer_from_description(meta["tokenizer"], meta.get("tokenizer_json"))
-    return model.to(device).eval(), tokenizer, meta
 
 
 class Trainer:
@@ -126,7 +72,7 @@ class Trainer:
         self.dist, self.device = setup(tc.distributed, tc.device)
         check_optimizer(self.dist, cfg.optim.name)
         if tc.tensorboard and self.dist.is_main:
-            _summary_writer_class()
+            summary_writer_class()
 
         ckpt_tensors, ckpt_meta = (None, None)
         if resume is not None:
@@ -235,7 +181,7 @@ class Trainer:
         if self.cfg.train.steps < self.step:
             raise ConfigError("train.steps", f"is {self.cfg.train.steps} but the checkpoint is already at step {self.step}")
         if self.dist.is_main:
-            _truncate_metrics(self.out / METRICS, self.step)
+            truncate_metrics(self.out / METRICS, self.step)
 
     def metadata(self) -> dict:
         rng = {"torch": encode_bytes(torch.get_rng_state()), "data": encode_bytes(self.data_gen.get_state())}
@@ -422,90 +368,7 @@ class Trainer:
         return self.tokenizer.decode(ids[0].tolist())
 
 
-class RunLog:
-    """The run's metrics: JSON lines in ``metrics.jsonl`` and, optionally, TensorBoard scalars.
-
-    Records with ``loss`` are training steps (TensorBoard tags ``train/loss``, ``train/bpb``,
-    ``train/lr``, ...); ``val_*`` fields become ``val/*``. Disabled on every rank but 0.
-
-    Args:
-        out: the run folder.
-        enabled: write anything at all.
-        tensorboard: also write TensorBoard events to ``out/tensorboard``.
-        purge_step: on resume, the first step to be rewritten: TensorBoard hides the events a
-            crashed run wrote from there on (as :func:`_truncate_metrics` drops their JSON lines).
-    """
-
-    def __init__(self, out: Path, enabled: bool = True, tensorboard: bool = False, purge_step: int | None = None):
-        self.file = open(out / METRICS, "a", encoding="utf-8") if enabled else None
-        self.writer = None
-        if enabled and tensorboard:
-            self.writer = _summary_writer_class()(log_dir=str(out / "tensorboard"), purge_step=purge_step)
-
-    def write(self, record: dict) -> None:
-        if self.file is None:
-            return
-        self.file.write(json.dumps(record) + "\n")
-        if self.writer is not None:
-            step = record["step"]
-            for key, value in record.items():
-                if key != "step" and isinstance(value, (int, float)):
-                    tag = f"val/{key[4:]}" if key.startswith("val_") else f"train/{key}"
-                    self.writer.add_scalar(tag, value, step)
-
-    def flush(self) -> None:
-        if self.file is not None:
-            self.file.flush()
-        if self.writer is not None:
-            self.writer.flush()
-
-    def close(self) -> None:
-        if self.file is not None:
-            self.file.close()
-        if self.writer is not None:
-            self.writer.close()
-
-
-def fast_norms(mon: monitor.Monitor) -> dict[str, float]:
-    """The largest fast-weight norm of each memory (``fast_norm/<layer>.<memory>``, the maximum over
-    its weights) and over all (``fast_norm_max``); empty for a model without fast weights."""
-    per: dict[str, float] = {}
-    for name, value in mon.largest().items():
-        memory = name.rpartition(".")[0]
-        per[memory] = max(per.get(memory, 0.0), value)
-    if not per:
-        return {}
-    return {"fast_norm_max": max(per.values()), **{f"fast_norm/{k}": v for k, v in per.items()}}
-
-
-def eval_record(scores: dict[str, float]) -> dict[str, float]:
-    """A validation metrics line: every score with a ``val_`` prefix."""
-    return {f"val_{k}": v for k, v in scores.items() if k != "bytes"}
-
-
-def _summary_writer_class():
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        raise ConfigError("train.tensorboard", "needs the tensorboard package: pip install 'nestlearn[tensorboard]' "
-                          "(or set train.tensorboard: false)") from None
-    return SummaryWriter
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop metric lines written after ``step`` (by a run that crashed after its last checkpoint)."""
-    if not path.exists():
-        return
-    lines = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
-    kept = [ln for ln in lines if json.loads(ln)["step"] <= step]
-    path.write_text("".join(ln + "\n" for ln in kept), encoding="utf-8")
-
-
 def _yaml_dump(data: dict) -> str:
     import yaml
 
     return yaml.safe_dump(data, sort_keys=False)
-
-
-def read_metrics(path: str | Path) -> list[dict]:
-    return [json.loads(ln) for ln in Path(path).read_text(encoding="utf-8").splitlines() if ln.strip()]

@@ -2,14 +2,14 @@
 
 (a) Split-MNIST-5k (Class-IL) and Permuted-MNIST-5k (Domain-IL) with a CMS-level classifier
     (levels stepped every 16 / 4 / 1 optimiser steps, D13 ``optimizer`` signal, D23) against
-    plain AdamW fine-tuning and a joint-training upper bound (:mod:`nestlearn.eval.continual_mnist`);
+    plain AdamW fine-tuning and a joint-training upper bound (:mod:`nestlearn.eval.continual.mnist`);
 (b) in-context class-incremental learning: tasks presented one after another in one context,
-    queried on earlier tasks, for every model family (:mod:`nestlearn.eval.continual_icl`);
+    queried on earlier tasks, for every model family (:mod:`nestlearn.eval.continual.icl`);
 (c) continual language modelling KJV Old Testament → Python standard library → KJV New Testament,
     Hope against Transformer++ at equal parameters, R in bits per byte
-    (:mod:`nestlearn.eval.continual_lm`).
+    (:mod:`nestlearn.eval.continual.lm`).
 
-Metrics are those of tasks.md §9.1 (:mod:`nestlearn.eval.continual`). The paper's continual
+Metrics are those of tasks.md §9.1 (:mod:`nestlearn.eval.continual.metrics`). The paper's continual
 experiments are figure-only and use data not available offline (D24), so nothing here is compared
 numerically with the paper. Run on its own with ``python -m nestlearn.eval.suite.continual [--quick]``.
 """
@@ -29,9 +29,9 @@ import numpy as np
 import torch
 
 from nestlearn.data.mnist import describe_mnist_5k
-from nestlearn.eval.continual_icl import ICLSettings, ICLSpec, chance_levels, run_icl
-from nestlearn.eval.continual_lm import HOPE_SELFMOD, LMStreamSettings, run_lm_benchmark
-from nestlearn.eval.continual_mnist import (
+from nestlearn.eval.continual.icl import ICLSettings, ICLSpec, chance_levels, run_icl
+from nestlearn.eval.continual.lm import HOPE_SELFMOD, LMStreamSettings, run_lm_benchmark
+from nestlearn.eval.continual.mnist import (
     MnistSettings,
     permuted_mnist_tasks,
     run_benchmark,

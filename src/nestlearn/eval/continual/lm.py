@@ -38,7 +38,7 @@ from nestlearn.data.corpus import Corpus
 from nestlearn.data.kjv import kjv_splits
 from nestlearn.data.tokenizer import ByteTokenizer
 from nestlearn.errors import ConfigError, DataError, NestlearnError, check_positive
-from nestlearn.eval.continual import continual_summary
+from nestlearn.eval.continual.metrics import continual_summary
 from nestlearn.eval.lm import evaluate_bpb
 from nestlearn.models.lm import (
     CausalLM,
@@ -131,12 +131,9 @@ HOPE_SELFMOD = {"v_norm": "l2", "eta_max": 0.1}
 
 
 def hope_config(d_model: int, n_layers: int, seq_len: int) -> LMConfig:
-    """Hope with CMS levels every 256 / 64 / 16 bytes (D13's ablation setting) and a damped self-modifying memory.
-
-    Training with the fast state carried across windows diverged within 15–25 steps at the
-    defaults, and with ``v_norm="l2"`` alone (the self-modifying projection memories grew without
-    bound, then NaN); ``v_norm="l2"`` with η_max = 0.1 (D8's bound lowered) trained stably at this
-    scale [Interp: :data:`HOPE_SELFMOD`, recorded in the results].
+    """Hope with CMS levels every 256 / 64 / 16 bytes (D13's ablation setting) and the damped
+    self-modifying memory of :data:`HOPE_SELFMOD` (η_max = 0.1), the setting under which training
+    with the carried state was stable (docs/results.md, continual LM, says what diverged without it).
     """
     return from_dict(families()["hope"], {"d_model": d_model, "n_layers": n_layers, "max_seq_len": seq_len,
                                           "vocab_size": ByteTokenizer.vocab_size, "selfmod": dict(HOPE_SELFMOD),

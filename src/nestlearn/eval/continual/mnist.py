@@ -39,7 +39,7 @@ from torch import Tensor, nn
 
 from nestlearn.data.mnist import load_mnist_5k, stratified_split
 from nestlearn.errors import ConfigError, check_positive
-from nestlearn.eval.continual import continual_summary, run_protocol
+from nestlearn.eval.continual.metrics import continual_summary, run_protocol
 from nestlearn.layers.norm import RMSNorm
 from nestlearn.optim.periodic import (
     STEP_PERIOD_ATTR,

@@ -1,192 +1,22 @@
-"""Self-modifying Titans: memories that generate their own keys, values, gates and targets (NL-L §8).
-
-The token mixer of the Hope block (spec §5.3–5.7, NL-L Eqs 83–96; decisions D3–D12). Per head,
-with x_t the block input after the pre-norm, every adaptive projection is itself an associative
-memory, a 2-layer MLP M(z) = z + W₁σ(W₂z) (Eq 89; scalar heads d→h→1 without residual, D8):
-
-    k_t = L2norm(φ(conv(M_k(x_t))))      v_t = φ(conv(M_v(x_t)))        q_t = L2norm(φ(conv(W_q x_t)))
-    η_t = η_max·sigmoid(M_η(x_t) + b_η)  α_t = sigmoid(M_α(x_t) + b_α)                       (Eqs 83, 94)
-    v̂_{□,t} = M_□(v_t)                   the memory's own target, constant in its inner gradient (Eqs 84, 95; D7)
-    o_t = M_memory,t−1(q_t)                                                               (Eq 94; D5)
-
-and every memory □ ∈ {k, v, (q), η, α, memory} learns min ½‖M_□(k_t) − v̂_{□,t}‖² (Eq 85) with DGD,
-retention and momentum (Eq 88, D6, D9), on the weight W₂ that consumes k:
-
-    S_t = β_t S_{t−1} + g_t,   W₂ ← W₂(α_t I − η_t k_t k_tᵀ) − η_t S⁽²⁾_t,   W₁ ← α_t W₁ − η_t S⁽¹⁾_t.
-
-Chunking (Eq 90 with the causal index fix b(t) = C(⌈t/C⌉ − 1), spec §5.5, D4): all inner gradients
-and every generation (k, v, q, η, α, v̂) read the boundary state of the generating memory, on the grid
-``chunk_size_other`` for the k, v, q, η, α memories and ``chunk_size_memory`` for the main memory;
-only the output read o_t sees intra-chunk states. Because generation reads boundary states, each
-chunk of ``chunk_size_other`` tokens is generated in parallel, and every memory is written by the
-chunk-parallel primitive :func:`nestlearn.memory.memory_scan` (closed-form gradients, spec §5.8–5.9)
-with its self-generated targets built inside the primitive (``self_values``). The generating memories
-only need their states (``outputs=False``), and the main memory, which nothing in generation reads,
-runs after the generation loop as one scan over the whole call.
-:func:`nestlearn.layers.self_modifying_reference.self_modifying_reference` is the token-by-token
-oracle of spec §5.7, in its own file.
-
-Memories with the same shape share one stacked tensor along the head axis ("groups"), so one scan
-call updates them all: ``proj`` holds the adaptive vector projections in the order k, v, q (those
-switched on), ``gate`` holds η then α, ``mem`` the main memory. Fast state (flat dict, batch axis
-first, D2): ``{group}.{W1,W2}`` weights (B, G·H, d_out, d_in), ``{group}.{W1,W2}_b`` the boundary
-copies, ``{group}.{W1,W2}_mom`` the momenta, and ``conv`` (B, 3, channels), the last inputs of the
-causal convolution.
-
-Output (D11): y = W_o(RMSNorm(o) ⊙ sigmoid(W_g x)), the norm per head.
-"""
+"""The self-modifying Titans module: generation from boundary states, one memory scan per group."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nestlearn.errors import ConfigError, check_choice, check_positive, check_range
 from nestlearn.layers.norm import RMSNorm
+from nestlearn.layers.self_modifying.config import GROUPS, SelfModConfig
 from nestlearn.layers.titans import causal_depthwise_conv
-from nestlearn.memory import MemorySpec, chunk_bounds, init_memory_state, memory_apply, memory_scan
-from nestlearn.memory.spec import EIGENS, RETAINS, STEP_NORMS
+from nestlearn.memory import chunk_bounds, init_memory_state, logit, memory_apply, memory_scan, split_chunks
 
 Tensor = torch.Tensor
 State = dict[str, Tensor]
 
 CONV_WIDTH = 4  # "local convolutions with window size of 4" (NL-L §8.3)
-GROUPS = ("proj", "gate", "mem")
-
-
-@dataclass
-class SelfModConfig:
-    """The ``selfmod.*`` switches (decisions D3–D12); defaults are the binding ones.
-
-    Attributes:
-        write_grad: ``"differentiable"`` or ``"stopgrad"`` outer gradients through the writes (D3).
-        chunk_size_memory: chunk of the main memory C_mem (D4).
-        chunk_size_other: chunk of the k, v, q, η, α memories C_oth, a multiple of C_mem (D4).
-        read: ``"intra_chunk"`` o_t = M_{t−1}(q_t), or ``"boundary"`` o_t = M_b(q_t) (D5).
-        objective: ``"l2"`` ½‖M(k) − v̂‖² or ``"dot"`` −⟨M(k), v̂⟩ (D6).
-        inner_rule: ``"dgd"`` (Eq 88) or ``"gd"`` (ablation "w/o DGD": α_t I only) (D6).
-        weight_decay: generate α_t; False is the ablation "w/o weight decay", α ≡ 1 (D6).
-        dgd_normalize: use η' = η/(1 + η‖k‖²) in both terms, as Eq 57 (D6).
-        eta_max: bound of η_t, in (0, 1] (D8).
-        momentum: ``"data"`` β_t = sigmoid(w_βᵀx_t + b_β), ``"scalar"`` one β per head, ``"off"`` (D9).
-        momentum_form: ``"ema"`` S ← βS + (1 − β)g or ``"scaled"`` S ← βS + g (D9 as first read;
-            it amplifies the step by up to 1/(1 − β)); the step is η S in both (design.md S1).
-        eigen: ``"positive"`` step η or ``"signed"`` step (1 + α)η, whose transition along k reaches
-            negative eigenvalues (design.md S2).
-        step_norm: ``"none"``, ``"implicit"`` (η/(1 + η‖p‖²)) or ``"bounded"`` (η/max(1, ‖p‖²)), per
-            weight with that weight's own input p (design.md S3).
-        retain: ``"initial"`` (decay toward the meta-learned initial state) or ``"zero"`` (design.md S4).
-        write_bound: bound τ on the norm of each token's gradient per weight, 0 for none (design.md S5).
-        adaptive_q: q from a self-modifying memory instead of W_q (D10; ablation "w/o inner-projection q").
-        adaptive_k, adaptive_v: k, v from self-modifying memories; False replaces them by static linear
-            projections (ablations "w/o inner-projection k / v", Table 6).
-        conv: ``"qkv"`` (depthwise conv on q, k, v), ``"input"`` (one conv on the input of all
-            memories) or ``"none"`` (D11).
-        conv_pointwise: a 1×1 convolution after each depthwise one (D11).
-        qkv_activation: ``"silu"`` or ``"none"`` after the convolution (D11).
-        output_gate: ``"sigmoid"`` or ``"none"`` (D11).
-        heads: H independent memory sets over d/H channels each (D11).
-        memory_hidden: hidden width of every memory over all heads (None: d; D12).
-        activation: σ of the memories, ``"silu"`` or ``"gelu"`` (D12).
-        memory_out_init: std of the initial W₁ of every memory (D12).
-        eta_init, alpha_init, beta_init: initial η/η_max, α and β, set through the biases (D8, D9).
-        v_norm: ``"l2"`` (v L2-normalised like k; the default) or ``"none"`` (spec §5.7 literally:
-            v is not normalised). [Project decision, not in decisions.md] With ``"none"`` the
-            self-generated targets v̂ = M(v) grow with the memory that generates them: at
-            initialisation a d=64 Hope on KJV bytes produced NaN from token ~400 of a 512-token
-            sequence (d=256 on random input: from token 144), so it cannot train at the D16
-            training lengths, and a tiny Hope trained on 128-token sequences diverged within 384
-            tokens of carried state. With ``"l2"`` both stayed bounded (docs/results.md, ablations).
-    """
-
-    write_grad: str = "differentiable"
-    chunk_size_memory: int = 16
-    chunk_size_other: int = 64
-    read: str = "intra_chunk"
-    objective: str = "l2"
-    inner_rule: str = "dgd"
-    weight_decay: bool = True
-    dgd_normalize: bool = False
-    eta_max: float = 1.0
-    momentum: str = "data"
-    momentum_form: str = "ema"
-    eigen: str = "signed"
-    step_norm: str = "bounded"
-    retain: str = "zero"
-    write_bound: float = 1.0
-    adaptive_q: bool = False
-    adaptive_k: bool = True
-    adaptive_v: bool = True
-    conv: str = "qkv"
-    conv_pointwise: bool = False
-    qkv_activation: str = "silu"
-    output_gate: str = "sigmoid"
-    heads: int = 1
-    memory_hidden: int | None = None
-    activation: str = "silu"
-    memory_out_init: float = 1e-3
-    eta_init: float = 0.1
-    alpha_init: float = 0.99
-    beta_init: float = 0.5
-    v_norm: str = "l2"
-
-    def validate(self, prefix: str = "model.selfmod") -> None:
-        check_choice(f"{prefix}.write_grad", self.write_grad, ("differentiable", "stopgrad"))
-        check_positive(f"{prefix}.chunk_size_memory", self.chunk_size_memory)
-        check_positive(f"{prefix}.chunk_size_other", self.chunk_size_other)
-        if self.chunk_size_other % self.chunk_size_memory:
-            raise ConfigError(f"{prefix}.chunk_size_other",
-                              f"must be a multiple of {prefix}.chunk_size_memory={self.chunk_size_memory}, "
-                              f"got {self.chunk_size_other}")
-        check_choice(f"{prefix}.read", self.read, ("intra_chunk", "boundary"))
-        check_choice(f"{prefix}.objective", self.objective, ("l2", "dot"))
-        check_choice(f"{prefix}.inner_rule", self.inner_rule, ("dgd", "gd"))
-        check_range(f"{prefix}.eta_max", self.eta_max, 0.0, 1.0, low_open=True)
-        check_choice(f"{prefix}.momentum", self.momentum, ("data", "scalar", "off"))
-        check_choice(f"{prefix}.momentum_form", self.momentum_form, ("ema", "scaled"))
-        check_choice(f"{prefix}.eigen", self.eigen, EIGENS)
-        check_choice(f"{prefix}.step_norm", self.step_norm, STEP_NORMS)
-        check_choice(f"{prefix}.retain", self.retain, RETAINS)
-        check_positive(f"{prefix}.write_bound", self.write_bound, allow_zero=True)
-        check_choice(f"{prefix}.conv", self.conv, ("qkv", "input", "none"))
-        check_choice(f"{prefix}.qkv_activation", self.qkv_activation, ("silu", "none"))
-        check_choice(f"{prefix}.output_gate", self.output_gate, ("sigmoid", "none"))
-        check_positive(f"{prefix}.heads", self.heads)
-        if self.memory_hidden is not None:
-            check_positive(f"{prefix}.memory_hidden", self.memory_hidden)
-        check_choice(f"{prefix}.activation", self.activation, ("silu", "gelu"))
-        check_positive(f"{prefix}.memory_out_init", self.memory_out_init, allow_zero=True)
-        for name in ("eta_init", "alpha_init", "beta_init"):
-            check_range(f"{prefix}.{name}", getattr(self, name), 0.0, 1.0, low_open=True, high_open=True)
-        check_choice(f"{prefix}.v_norm", self.v_norm, ("none", "l2"))
-
-    def check_width(self, d_model: int, prefix: str = "model.selfmod") -> None:
-        """Raise unless the heads split d (and the hidden width) evenly."""
-        if d_model % self.heads:
-            raise ConfigError(f"{prefix}.heads", f"must divide d_model={d_model}, got {self.heads}")
-        hidden = self.memory_hidden or d_model
-        if hidden % self.heads:
-            raise ConfigError(f"{prefix}.memory_hidden", f"must be a multiple of {prefix}.heads={self.heads}, got {hidden}")
-
-    def memory_spec(self, group: str) -> MemorySpec:
-        """The primitive's spec of a memory group: its chunk grid, residual form and update rule."""
-        spec = MemorySpec(kind="mlp", objective=self.objective, rule=self.inner_rule,
-                          momentum="none" if self.momentum == "off" else self.momentum_form,
-                          chunk_size=self.chunk_size_memory, read="before", activation=self.activation,
-                          residual=True, write_grad=self.write_grad, eigen=self.eigen, step_norm=self.step_norm,
-                          retain=self.retain, write_bound=self.write_bound, field="model.selfmod")
-        if group == "mem":
-            return spec
-        return replace(spec, chunk_size=self.chunk_size_other, residual=group == "proj")
-
-
-def logit(p: float) -> float:
-    """sigmoid⁻¹(p), for biases that make a gate start at p."""
-    return math.log(p / (1 - p))
 
 
 def split_heads(x: Tensor, heads: int) -> Tensor:
@@ -403,12 +233,11 @@ class SelfModifyingTitans(nn.Module):
         gen = {g: self.group_state(state, g) for g in self.groups if g != "mem"}
         xs, cache = self.input_features(x, state.get("conv"))
         bounds = chunk_bounds(pos, x.shape[1], cfg.chunk_size_other)
-        sizes = [end - start for start, end in bounds]
-        # split once (not slicing in the loop): the backward of a slice fills a full-length zero tensor.
-        xs_parts = xs.split(sizes, dim=1)
-        static_parts = {n: t.split(sizes, dim=1) for n, t in self.static_projections(xs).items()}
+        static = self.static_projections(xs)
+        xs_parts, *static_parts = split_chunks(bounds, (xs, *static.values()), dim=1)
+        static_parts = dict(zip(static, static_parts))
         beta = self.momentum_gate(xs)
-        beta_parts = [None] * len(sizes) if beta is None else beta.split(sizes, dim=-1)
+        beta_parts = split_chunks(bounds, (beta,), dim=-1)[0] or [None] * len(bounds)
         cols: list[tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None]] = []
         for i, (start, _) in enumerate(bounds):
             at = pos + start
@@ -459,24 +288,9 @@ class SelfModifyingTitans(nn.Module):
                     beta: Tensor | None, pos: int, keep_state: bool = True) -> tuple[Tensor, State]:
         """The output memory over the whole call, on the ``chunk_size_memory`` grid (Eqs 94–95, D5, D7).
 
-        ``read="intra_chunk"`` is one self-valued scan reading M_{t−1}(q_t). ``read="boundary"`` reads
-        M_b(q_t), the boundary state of each chunk, so it runs one state-only scan per chunk.
-        q, k, v: (B, H, T, d/H); gates (B, H, T). Returns o (B, H, T, d/H) and the new state ({}
-        without ``keep_state``, which skips the last chunk's write).
+        One self-valued scan reading M_{t−1}(q_t) (``read="intra_chunk"``) or M_b(q_t), the boundary
+        state of each chunk (``read="boundary"``). q, k, v: (B, H, T, d/H); gates (B, H, T). Returns
+        o (B, H, T, d/H) and the new state ({} without ``keep_state``, which skips the last chunk's write).
         """
-        spec = self.specs["mem"]
-        if self.cfg.read == "intra_chunk":
-            return memory_scan(spec, mem, q, k, v, eta, alpha, beta, pos=pos, self_values=True, final_state=keep_state,
-                               anchor=self.anchor("mem"), tag="mem")
-        bounds = chunk_bounds(pos, q.shape[2], spec.chunk_size)
-        sizes = [end - start for start, end in bounds]
-        parts = [t.split(sizes, dim=2) for t in (q, k, v)]
-        gates = [None if g is None else g.split(sizes, dim=-1) for g in (eta, alpha, beta)]
-        outs = []
-        for i, (start, _) in enumerate(bounds):
-            qi, ki, vi = (p[i] for p in parts)
-            outs.append(memory_apply(spec, boundary_weights(mem, pos + start, spec.chunk_size), qi))
-            _, mem = memory_scan(spec, mem, qi, ki, vi, *(None if g is None else g[i] for g in gates),
-                                 pos=pos + start, outputs=False, self_values=True,
-                                 final_state=keep_state or i < len(bounds) - 1, anchor=self.anchor("mem"), tag="mem")
-        return torch.cat(outs, dim=2), mem
+        return memory_scan(self.specs["mem"], mem, q, k, v, eta, alpha, beta, pos=pos, self_values=True,
+                           final_state=keep_state, anchor=self.anchor("mem"), tag="mem")

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from nestlearn.config import from_dict
 from nestlearn.data.synthetic.base import IGNORE_INDEX, TaskBatch, derive_seed, make_rng
 from nestlearn.errors import ConfigError, check_positive
-from nestlearn.eval.continual import continual_summary
+from nestlearn.eval.continual.metrics import continual_summary
 from nestlearn.eval.tasks import task_model
 from nestlearn.models.lm import CausalLM, LMState, families
 
