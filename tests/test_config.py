@@ -75,3 +75,12 @@ def test_yaml_numbers_and_booleans_follow_yaml_1_2():
     assert parse_yaml("true") is True and parse_yaml("False") is False
     # YAML 1.1 would read these as booleans; "off" is a switch value (D9).
     assert [parse_yaml(w) for w in ("off", "on", "yes", "no")] == ["off", "on", "yes", "no"]
+
+
+def test_a_removed_field_loads_at_its_old_default_and_names_its_replacement_otherwise():
+    """Checkpoints written before ``selfmod.dgd_normalize`` was removed still load; asking for it is an error."""
+    from nestlearn.layers.self_modifying import SelfModConfig
+
+    assert from_dict(SelfModConfig, {"dgd_normalize": False}, prefix="model.selfmod") == SelfModConfig()
+    with pytest.raises(ConfigError, match=r"model\.selfmod\.dgd_normalize.*step_norm: implicit"):
+        from_dict(SelfModConfig, {"dgd_normalize": True}, prefix="model.selfmod")

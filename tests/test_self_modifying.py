@@ -22,7 +22,6 @@ ABLATIONS = {
     "dot": {"objective": "dot"},
     "gd": {"inner_rule": "gd"},
     "no_weight_decay": {"weight_decay": False},
-    "dgd_normalize": {"dgd_normalize": True},
     "eta_max": {"eta_max": 0.5},
     "momentum_off": {"momentum": "off"},
     "momentum_scalar": {"momentum": "scalar"},
@@ -46,7 +45,7 @@ ABLATIONS = {
     "signed": {"eigen": "signed"},
     "signed_no_decay": {"eigen": "signed", "weight_decay": False},
     "step_bounded": {"step_norm": "bounded"},
-    "step_implicit": {"step_norm": "implicit", "dgd_normalize": True},
+    "step_implicit": {"step_norm": "implicit"},
     "retain_initial": {"retain": "initial"},
     "write_bound": {"write_bound": 0.3},
     "stable_stopgrad": {"momentum_form": "ema", "step_norm": "bounded", "retain": "initial", "eigen": "signed",
@@ -54,7 +53,7 @@ ABLATIONS = {
     "stable_boundary": {"momentum_form": "ema", "step_norm": "bounded", "retain": "initial", "read": "boundary"},
 }
 GRAD_CASES = ("default", "v_norm_none", "stopgrad", "read_boundary", "gd", "momentum_off", "adaptive_q", "conv_input",
-              "conv_pointwise", "heads", "no_weight_decay", "dgd_normalize", "paper_steps", "momentum_scaled", "signed",
+              "conv_pointwise", "heads", "no_weight_decay", "paper_steps", "momentum_scaled", "signed",
               "step_bounded", "step_implicit", "retain_initial", "write_bound", "stable_stopgrad")
 
 

@@ -117,15 +117,28 @@ def from_dict(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
         cls: a dataclass type.
         data: field name -> value (nested mappings for nested dataclasses).
         prefix: dotted path of this config, used in error messages.
+
+    A field listed in ``cls.REMOVED_FIELDS`` (name -> (its old default, advice)) is dropped when it
+    holds its old default, so configs and checkpoints written before its removal still load, and is
+    an error naming the advice otherwise.
     """
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    for key in data:
-        if key not in fields:
-            name = f"{prefix}.{key}" if prefix else str(key)
-            raise ConfigError(name, f"unknown key; allowed keys: {', '.join(sorted(fields))}")
+    removed = getattr(cls, "REMOVED_FIELDS", {})
+    for key, value in data.items():
+        if key in fields:
+            continue
+        name = f"{prefix}.{key}" if prefix else str(key)
+        if key in removed:
+            old_default, advice = removed[key]
+            if value == old_default:  # a config or checkpoint written before the removal, at the default
+                continue
+            raise ConfigError(name, f"was removed; {advice}")
+        raise ConfigError(name, f"unknown key; allowed keys: {', '.join(sorted(fields))}")
     kwargs = {}
     for key, value in data.items():
+        if key not in fields:
+            continue
         name = f"{prefix}.{key}" if prefix else key
         kwargs[key] = _convert(value, hints[key], name)
     obj = cls(**kwargs)

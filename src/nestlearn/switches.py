@@ -52,7 +52,6 @@ SWITCHES: tuple[Switch, ...] = (
     Switch(_SELFMOD + "objective", ("l2", "dot"), "Eqs 92–93", "D6"),
     Switch(_SELFMOD + "inner_rule", ("dgd", "gd"), "Eq 88; Table 6 'w/o DGD'", "D6"),
     Switch(_SELFMOD + "weight_decay", (True, False), "Eq 88 retention α_t; Table 6 'w/o weight decay'", "D6"),
-    Switch(_SELFMOD + "dgd_normalize", (False, True), "Eq 57 vs Eq 88", "D6"),
     Switch(_SELFMOD + "eta_max", "number in (0, 1]", "Eqs 86–87 (scalar heads η, α)", "D8"),
     Switch(_SELFMOD + "momentum", ("data", "scalar", "off"), "Table 6 'w/o momentum'", "D9"),
     Switch(_SELFMOD + "momentum_form", ("ema", "scaled"), "spec §5.7 (momentum's gain on the step)", "S1"),

@@ -46,10 +46,9 @@ from nestlearn.layers.self_modifying.layer import (
     State,
     boundary_weights,
     merge_heads,
-    normalized_eta,
     repeat_groups,
     split_heads,
 )
 
 __all__ = ["CONV_WIDTH", "GROUPS", "SelfModConfig", "SelfModifyingTitans", "State", "boundary_weights",
-           "merge_heads", "normalized_eta", "repeat_groups", "split_heads"]
+           "merge_heads", "repeat_groups", "split_heads"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Any, ClassVar
 
 from nestlearn.errors import ConfigError, check_choice, check_positive, check_range
 from nestlearn.memory import MemorySpec
@@ -23,7 +24,6 @@ class SelfModConfig:
         objective: ``"l2"`` ½‖M(k) − v̂‖² or ``"dot"`` −⟨M(k), v̂⟩ (D6).
         inner_rule: ``"dgd"`` (Eq 88) or ``"gd"`` (ablation "w/o DGD": α_t I only) (D6).
         weight_decay: generate α_t; False is the ablation "w/o weight decay", α ≡ 1 (D6).
-        dgd_normalize: use η' = η/(1 + η‖k‖²) in both terms, as Eq 57 (D6).
         eta_max: bound of η_t, in (0, 1] (D8).
         momentum: ``"data"`` β_t = sigmoid(w_βᵀx_t + b_β), ``"scalar"`` one β per head, ``"off"`` (D9).
         momentum_form: ``"ema"`` S ← βS + (1 − β)g or ``"scaled"`` S ← βS + g (D9 as first read;
@@ -52,6 +52,11 @@ class SelfModConfig:
             them and overflow within a few hundred tokens: design.md S9).
     """
 
+    # Eq 57's η/(1 + η‖k‖²) on every step was ``dgd_normalize``; step_norm="implicit" gives each weight
+    # that normalisation by its own input (design.md S3), so the switch was removed.
+    REMOVED_FIELDS: ClassVar[dict[str, tuple[Any, str]]] = {
+        "dgd_normalize": (False, "use model.selfmod.step_norm: implicit (Eq 57 per weight, design.md S3)")}
+
     write_grad: str = "differentiable"
     chunk_size_memory: int = 16
     chunk_size_other: int = 64
@@ -59,7 +64,6 @@ class SelfModConfig:
     objective: str = "l2"
     inner_rule: str = "dgd"
     weight_decay: bool = True
-    dgd_normalize: bool = False
     eta_max: float = 1.0
     momentum: str = "data"
     momentum_form: str = "ema"

@@ -44,11 +44,6 @@ def boundary_weights(state: State, pos: int, chunk_size: int) -> State:
     return {n: state[n] if at_boundary else state[f"{n}_b"] for n in ("W1", "W2")}
 
 
-def normalized_eta(eta: Tensor, k: Tensor) -> Tensor:
-    """η' = η/(1 + η‖k‖²) (Eq 57, spec §3.2): eta (..., n), k (..., n, d) -> (..., n)."""
-    return eta / (1 + eta * k.pow(2).sum(-1))
-
-
 class SelfModifyingTitans(nn.Module):
     """The self-modifying Titans token mixer (module docstring; spec §5.7).
 
@@ -244,7 +239,6 @@ class SelfModifyingTitans(nn.Module):
             bnd = {g: boundary_weights(gen[g], at, cfg.chunk_size_other) for g in gen}
             q, k, v, eta, alpha, cache = self.generate(xs_parts[i], {n: p[i] for n, p in static_parts.items()},
                                                        bnd.get("proj"), bnd["gate"], cache)
-            eta = normalized_eta(eta, k) if cfg.dgd_normalize else eta
             if keep_state or i < len(bounds) - 1:
                 gen = {g: self.write_group(g, mem, k, v, eta, alpha, beta_parts[i], at) for g, mem in gen.items()}
             cols.append((q, k, v, eta, alpha))

@@ -93,8 +93,6 @@ def self_modifying_reference(layer: SelfModifyingTitans, x: Tensor, state: State
         eta, alpha = layer.gates(pre.squeeze(-1))
         alpha = torch.ones_like(eta) if alpha is None else alpha
         beta = layer.momentum_gate(xt[:, None])
-        if cfg.dgd_normalize:
-            eta = eta / (1 + eta * (k * k).sum(-1))
         mem_read = weights("mem", "_b" if cfg.read == "boundary" else "")
         outs.append(memory_apply(layer.specs["mem"], mem_read, q))
         targets = {g: memory_apply(layer.specs[g], weights(g, "_b"), repeat_groups(v, layer.group_sizes(g)))
