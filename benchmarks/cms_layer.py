@@ -21,7 +21,7 @@ import json
 import platform
 
 import torch
-from timing import interleaved_medians
+from timing import interleaved_medians, training_outputs
 from torch import nn
 
 from nestlearn.layers.cms import CMS, CMSConfig
@@ -67,10 +67,12 @@ def layers(d_model: int, chunk_sizes: tuple[int, ...]) -> dict[str, nn.Module]:
 
 
 def step_fn(module: nn.Module, x: torch.Tensor):
-    def step() -> None:
+    def step():
         module.zero_grad(set_to_none=True)
         y, _ = module(x)
-        y.square().mean().backward()
+        loss = y.square().mean()
+        loss.backward()
+        return training_outputs(loss, module)
     return step
 
 

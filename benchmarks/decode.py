@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 import torch
+from timing import check_finite
 from hope_throughput import (
     ROOT,
     VOCAB,
@@ -87,6 +88,7 @@ class Reader:
             out = self.model(token, state=self.state)
             token = out.logits[:, -1].argmax(-1, keepdim=True)
             times.append(time.perf_counter() - t0)
+            check_finite(f"decode at {self.state.pos} tokens", out.logits)
             self.state = out.state
         return statistics.median(times)
 

@@ -29,7 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from timing import count_flops, interleaved_medians
+from timing import count_flops, interleaved_medians, training_outputs
 
 from nestlearn.config import apply_overrides
 from nestlearn.errors import ConfigError
@@ -85,10 +85,13 @@ def train_step_fn(model: CausalLM, batch: int, seq: int, keep_state: bool = Fals
     opt = torch.optim.AdamW(model.parameters(), lr=lr)
     tokens = torch.randint(0, VOCAB, (batch, seq + 1), generator=torch.Generator().manual_seed(seq))
 
-    def step() -> None:
-        model(tokens[:, :-1], targets=tokens[:, 1:], keep_state=keep_state).loss.backward()
+    def step():
+        loss = model(tokens[:, :-1], targets=tokens[:, 1:], keep_state=keep_state).loss
+        loss.backward()
+        out = training_outputs(loss, model)
         opt.step()
         opt.zero_grad(set_to_none=True)
+        return out
 
     return step
 

@@ -25,7 +25,7 @@ from nestlearn.layers.titans import MemoryLayer
 from nestlearn.memory import MemorySpec
 from nestlearn.models.titans import MemoryBlock, TitansConfig
 from nestlearn.models.transformer import TransformerBlock, TransformerConfig
-from timing import median_time
+from timing import median_time, training_outputs
 
 WIDTH, HEADS, CHUNK, BATCH, SEQ = 256, 4, 64, 4, 1024
 
@@ -48,12 +48,14 @@ def tokens_per_second(module: nn.Module, batch: int, seq: int, repeats: int) -> 
     """Median forward+backward tokens/s on random inputs (one warm-up step)."""
     x = torch.randn(batch, seq, WIDTH)
 
-    def step() -> None:
+    def step():
         module.zero_grad(set_to_none=True)
         y, _ = module(x)
-        y.square().mean().backward()
+        loss = y.square().mean()
+        loss.backward()
+        return y.detach(), training_outputs(loss, module)
 
-    return batch * seq / median_time(step, repeats, warmup=1)
+    return batch * seq / median_time(step, repeats, warmup=1, name=type(module).__name__)
 
 
 def main() -> None:

@@ -22,7 +22,7 @@ import platform
 import torch
 
 from nestlearn.models import CausalLM, TransformerConfig
-from timing import median_time
+from timing import median_time, training_outputs
 
 SIZES = [
     {"name": "d256-L4", "d_model": 256, "n_layers": 4, "n_heads": 4, "seq_len": 512, "batch": 8},
@@ -58,8 +58,10 @@ def train_rate(size: dict, repeats: int) -> dict:
     def step():
         loss = model(x[:, :-1], targets=x[:, 1:], keep_state=False).loss
         loss.backward()
+        out = training_outputs(loss, model)
         opt.step()
         opt.zero_grad(set_to_none=True)
+        return out
 
     t = median_time(step, repeats)
     tokens = size["batch"] * size["seq_len"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from collections.abc import Callable
@@ -16,30 +17,71 @@ from torch.utils.flop_counter import (
 aten = torch.ops.aten
 
 
-def median_time(fn: Callable[[], object], repeats: int, warmup: int = 2) -> float:
-    """Median wall-clock seconds of ``fn()`` over ``repeats`` calls, after ``warmup`` untimed calls."""
+class NonFinite(RuntimeError):
+    """A benchmarked call produced a NaN or an infinity: its time would measure NaN arithmetic."""
+
+
+def check_finite(name: str, value: object) -> None:
+    """Raise :class:`NonFinite` unless every number in ``value`` is finite.
+
+    ``value`` is what a benchmarked call returns: a tensor, a float, or tuples, lists and dicts of
+    them (a step returns its output or loss and its gradients, :func:`training_outputs`); None is
+    nothing to check.
+    """
+    if value is None:
+        return
+    if isinstance(value, torch.Tensor):
+        if not bool(torch.isfinite(value).all()):
+            raise NonFinite(f"{name}: a non-finite value in a {tuple(value.shape)} tensor; no time is reported")
+    elif isinstance(value, (int, float)):
+        if not math.isfinite(value):
+            raise NonFinite(f"{name}: non-finite value {value}; no time is reported")
+    elif isinstance(value, dict):
+        for v in value.values():
+            check_finite(name, v)
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            check_finite(name, v)
+    else:
+        raise TypeError(f"{name}: cannot check a {type(value).__name__} for finiteness")
+
+
+def training_outputs(loss: torch.Tensor, module: torch.nn.Module) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """What a training step returns for :func:`check_finite`: its loss and every parameter's gradient
+    (call it after ``backward()`` and before the gradients are zeroed)."""
+    return loss.detach(), [p.grad for p in module.parameters() if p.grad is not None]
+
+
+def median_time(fn: Callable[[], object], repeats: int, warmup: int = 2, name: str = "step") -> float:
+    """Median wall-clock seconds of ``fn()`` over ``repeats`` calls, after ``warmup`` untimed calls.
+
+    What every call returns is checked with :func:`check_finite`, outside the timed region.
+    """
     for _ in range(warmup):
-        fn()
+        check_finite(name, fn())
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        fn()
+        out = fn()
         times.append(time.perf_counter() - t0)
+        check_finite(name, out)
     return statistics.median(times)
 
 
 def interleaved_medians(steps: dict[str, Callable[[], object]], repeats: int, warmup: int = 1) -> dict[str, float]:
     """Median seconds per call of each function, timed in turns (one round = one call of each), so
-    that load changes on a shared machine hit every function alike."""
+    that load changes on a shared machine hit every function alike. Every call's result is checked
+    with :func:`check_finite`, outside the timed region."""
     for _ in range(warmup):
-        for fn in steps.values():
-            fn()
+        for name, fn in steps.items():
+            check_finite(name, fn())
     times: dict[str, list[float]] = {name: [] for name in steps}
     for _ in range(repeats):
         for name, fn in steps.items():
             t0 = time.perf_counter()
-            fn()
+            out = fn()
             times[name].append(time.perf_counter() - t0)
+            check_finite(name, out)
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 

@@ -89,3 +89,24 @@ def test_count_flops_matmul_and_cpu_attention(bench):
     assert forward == 2 * (2 * batch * heads * n * n * dh)
     total = count_flops(lambda: F.scaled_dot_product_attention(q, q, q, is_causal=True).sum().backward())
     assert total == forward * 7 // 2
+
+
+def test_timing_refuses_to_time_a_step_with_non_finite_numbers(bench):
+    """A benchmark never reports the time of NaN arithmetic: a non-finite output, loss or gradient
+    of any timed call stops it, naming the step."""
+    timing = bench("timing")
+    layer = torch.nn.Linear(3, 3)
+
+    def step(scale):
+        def run():
+            layer.zero_grad(set_to_none=True)
+            loss = (layer(torch.ones(2, 3)) * scale).sum()
+            loss.backward()
+            return timing.training_outputs(loss, layer)
+        return run
+
+    assert timing.interleaved_medians({"finite": step(1.0)}, repeats=2)["finite"] > 0
+    with pytest.raises(timing.NonFinite, match="overflowing step"):
+        timing.interleaved_medians({"finite": step(1.0), "overflowing step": step(float("inf"))}, repeats=2)
+    with pytest.raises(timing.NonFinite, match="nan"):
+        timing.median_time(lambda: {"out": torch.tensor([0.0, float("nan")])}, repeats=1, name="nan")
