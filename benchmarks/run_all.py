@@ -39,6 +39,8 @@ from pathlib import Path
 
 import torch
 
+from markers import block, replace_block, span
+
 from nestlearn.provenance import git_commit
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,53 +48,9 @@ SECTIONS = ("formal", "mqar", "niah", "babi", "continual", "lm")
 # Document order; blocks written by other scripts come after the suite's.
 ORDER = (*SECTIONS, "optimizers")
 HEADER = "run_all"
+# Where a new block goes: after the header, in document order.
+PLACES = (HEADER, *ORDER)
 TITLE = "# Results\n\nBenchmark results of nestlearn; each section is written by its benchmark script.\n"
-
-
-def begin(key: str) -> str:
-    return f"<!-- {key}:begin -->"
-
-
-def end(key: str) -> str:
-    return f"<!-- {key}:end -->"
-
-
-def block(key: str, body: str) -> str:
-    return f"{begin(key)}\n{body.strip()}\n{end(key)}"
-
-
-def _span(text: str, key: str) -> tuple[int, int] | None:
-    """(start, stop) of the whole block of ``key`` in ``text``, markers included; None when absent."""
-    b = text.find(begin(key))
-    if b < 0:
-        return None
-    e = text.find(end(key), b)
-    if e < 0:
-        raise ValueError(f"docs/results.md: {begin(key)} has no matching {end(key)}")
-    return b, e + len(end(key))
-
-
-def replace_block(text: str, key: str, body: str, order: tuple[str, ...] = ORDER) -> str:
-    """Put ``block(key, body)`` into ``text``: in place of the old block, or else at its place in ``order``.
-
-    A new block goes before the first later block of ``order`` present in the text, else after the
-    last earlier one, else after the header block, else at the end. Nothing else changes.
-    """
-    new = block(key, body)
-    span = _span(text, key)
-    if span is not None:
-        return text[:span[0]] + new + text[span[1]:]
-    keys = list(order) if key in order else [*order, key]
-    i = keys.index(key)
-    for later in keys[i + 1:]:
-        s = _span(text, later)
-        if s is not None:
-            return text[:s[0]] + new + "\n\n" + text[s[0]:]
-    for earlier in [*reversed(keys[:i]), HEADER]:
-        s = _span(text, earlier)
-        if s is not None:
-            return text[:s[1]] + "\n\n" + new + text[s[1]:]
-    return text.rstrip("\n") + "\n\n" + new + "\n"
 
 
 def update_document(text: str | None, header: str, bodies: dict[str, str]) -> str:
@@ -104,18 +62,18 @@ def update_document(text: str | None, header: str, bodies: dict[str, str]) -> st
         bodies: key -> section body (heading and Markdown).
     """
     text = TITLE if text is None else text
-    if _span(text, HEADER) is None:
-        first = min((s[0] for s in (_span(text, k) for k in ORDER) if s is not None), default=None)
+    if span(text, HEADER) is None:
+        first = min((s[0] for s in (span(text, k) for k in ORDER) if s is not None), default=None)
         head = block(HEADER, header)
         text = (text.rstrip("\n") + "\n\n" + head + "\n") if first is None else (text[:first] + head + "\n\n" + text[first:])
     else:
         text = replace_block(text, HEADER, header)
     for key in ORDER:
         if key in bodies:
-            text = replace_block(text, key, bodies[key])
+            text = replace_block(text, key, bodies[key], PLACES)
     for key, body in bodies.items():
         if key not in ORDER:
-            text = replace_block(text, key, body)
+            text = replace_block(text, key, body, PLACES)
     return text
 
 
