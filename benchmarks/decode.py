@@ -38,15 +38,15 @@ from hope_throughput import (
     build,
     environment,
     equal_param_configs,
-    write_section,
 )
+from markers import write_block
 
 from nestlearn.models import CausalLM
 from nestlearn.models.lm import LMState
 
 DOCS = ROOT / "docs" / "performance.md"
 PLOT = ROOT / "docs" / "decode.png"
-MARKERS = ("<!-- decode:begin -->", "<!-- decode:end -->")
+KEY = "decode"  # its block in docs/performance.md
 MODELS = ("hope", "transformer")
 LENGTHS = "1024,2048,4096,8192,16384,32768"
 
@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> dict:
         Path(args.out).write_text(json.dumps(result, indent=1), encoding="utf-8")
     if args.write_docs:
         plot(result, PLOT)
-        write_section(DOCS, MARKERS, "Decoding with a growing context: Hope vs Transformer++ (issue 4)", text)
+        write_block(DOCS, KEY, text, heading="Decoding with a growing context: Hope vs Transformer++ (issue 4)")
     return result
 
 

@@ -29,6 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from markers import write_block
 from timing import count_flops, interleaved_medians, training_outputs
 
 from nestlearn.config import apply_overrides
@@ -39,7 +40,7 @@ from nestlearn.provenance import git_commit
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs" / "performance.md"
-MARKERS = ("<!-- hope-throughput:begin -->", "<!-- hope-throughput:end -->")
+KEY = "hope-throughput"  # its block in docs/performance.md
 MODELS = ("hope", "titans", "transformer")
 VOCAB = 256
 TOLERANCE = 0.05
@@ -163,19 +164,6 @@ def markdown(result: dict, command: str) -> str:
     return "\n".join(lines + arithmetic)
 
 
-def write_section(path: Path, markers: tuple[str, str], heading: str, body: str) -> None:
-    """Replace the text between the markers in ``path`` (appending a headed section with them if absent)."""
-    begin, end = markers
-    text = path.read_text(encoding="utf-8") if path.exists() else ""
-    block = f"{begin}\n{body}\n{end}"
-    if begin in text and end in text:
-        head, rest = text.split(begin, 1)
-        text = head + block + rest.split(end, 1)[1]
-    else:
-        text = text.rstrip("\n") + f"\n\n## {heading}\n\n{block}\n"
-    path.write_text(text, encoding="utf-8")
-
-
 def step_benchmark_parser(description: str, lengths: str) -> argparse.ArgumentParser:
     """The options of the training-step benchmarks (this script and ``keep_state.py``)."""
     p = argparse.ArgumentParser(description=description)
@@ -198,13 +186,13 @@ def step_settings(args: argparse.Namespace) -> tuple[list[int], int, int]:
     return [int(s) for s in args.lengths.split(",")], args.tokens, args.repeats
 
 
-def report(result: dict, text: str, args: argparse.Namespace, markers: tuple[str, str], heading: str) -> None:
+def report(result: dict, text: str, args: argparse.Namespace, key: str, heading: str) -> None:
     """Print the markdown, and write the JSON (``--out``) and the docs section (``--write-docs``)."""
     print(text)
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=1), encoding="utf-8")
     if args.write_docs:
-        write_section(DOCS, markers, heading, text)
+        write_block(DOCS, key, text, heading=heading)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -218,7 +206,7 @@ def main(argv: list[str] | None = None) -> dict:
         raise ConfigError("--write-docs", "the docs table is hope-small's; run overrides (--set) without it")
     result = run(*step_settings(args), quick=args.quick, overrides=args.set)
     text = markdown(result, " ".join(["python benchmarks/hope_throughput.py", *argv]))
-    report(result, text, args, MARKERS, "Hope, Titans and Transformer++ training throughput at equal parameters (issue 4)")
+    report(result, text, args, KEY, "Hope, Titans and Transformer++ training throughput at equal parameters (issue 4)")
     return result
 
 

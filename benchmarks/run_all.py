@@ -9,7 +9,8 @@ the plots its Markdown references are copied next to docs/results.md.
 docs/results.md is updated in place: a header block (command, date, hardware, torch, commit,
 seed) and one block per section between ``<!-- key:begin -->`` and ``<!-- key:end -->``. Only the
 blocks of the sections run are replaced; every other block (e.g. ``optimizers``, written by
-benchmarks/optimizers.py) and all text outside the blocks is kept verbatim.
+benchmarks/optimizers.py) and all text outside the blocks is kept verbatim. The README's results
+summary (its ``results-summary`` block) is then regenerated from the new docs/results.md.
 
 Usage::
 
@@ -18,6 +19,7 @@ Usage::
     python benchmarks/run_all.py --only formal,mqar --seed 1
     python benchmarks/run_all.py --only formal --jobs 2 --out runs/formal   # resumable: rerun to continue
     python benchmarks/run_all.py --only formal --models deltanet,hope_formal --out results   # a subset of rows
+    python benchmarks/run_all.py --summary            # only regenerate the README summary from docs/results.md
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ from pathlib import Path
 
 import torch
 
+from markers import block, body, replace_block, span, write_block
+
 from nestlearn.provenance import git_commit
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,53 +50,16 @@ SECTIONS = ("formal", "mqar", "niah", "babi", "continual", "lm")
 # Document order; blocks written by other scripts come after the suite's.
 ORDER = (*SECTIONS, "optimizers")
 HEADER = "run_all"
+# Where a new block goes: after the header, in document order.
+PLACES = (HEADER, *ORDER)
 TITLE = "# Results\n\nBenchmark results of nestlearn; each section is written by its benchmark script.\n"
-
-
-def begin(key: str) -> str:
-    return f"<!-- {key}:begin -->"
-
-
-def end(key: str) -> str:
-    return f"<!-- {key}:end -->"
-
-
-def block(key: str, body: str) -> str:
-    return f"{begin(key)}\n{body.strip()}\n{end(key)}"
-
-
-def _span(text: str, key: str) -> tuple[int, int] | None:
-    """(start, stop) of the whole block of ``key`` in ``text``, markers included; None when absent."""
-    b = text.find(begin(key))
-    if b < 0:
-        return None
-    e = text.find(end(key), b)
-    if e < 0:
-        raise ValueError(f"docs/results.md: {begin(key)} has no matching {end(key)}")
-    return b, e + len(end(key))
-
-
-def replace_block(text: str, key: str, body: str, order: tuple[str, ...] = ORDER) -> str:
-    """Put ``block(key, body)`` into ``text``: in place of the old block, or else at its place in ``order``.
-
-    A new block goes before the first later block of ``order`` present in the text, else after the
-    last earlier one, else after the header block, else at the end. Nothing else changes.
-    """
-    new = block(key, body)
-    span = _span(text, key)
-    if span is not None:
-        return text[:span[0]] + new + text[span[1]:]
-    keys = list(order) if key in order else [*order, key]
-    i = keys.index(key)
-    for later in keys[i + 1:]:
-        s = _span(text, later)
-        if s is not None:
-            return text[:s[0]] + new + "\n\n" + text[s[0]:]
-    for earlier in [*reversed(keys[:i]), HEADER]:
-        s = _span(text, earlier)
-        if s is not None:
-            return text[:s[1]] + "\n\n" + new + text[s[1]:]
-    return text.rstrip("\n") + "\n\n" + new + "\n"
+RESULTS = ROOT / "docs" / "results.md"
+README = ROOT / "README.md"
+SUMMARY = "results-summary"  # the README's generated block
+# The README summary: the language-modelling table (these columns), the D13 decision and one plot.
+SUMMARY_TABLE = ("lm", "### Models at equal parameters and tokens",
+                 ("model", "non-emb. params", "val bpb (reset)", "val bpb (carried)", "tok/s"))
+SUMMARY_PLOT = "formal"
 
 
 def update_document(text: str | None, header: str, bodies: dict[str, str]) -> str:
@@ -104,19 +71,70 @@ def update_document(text: str | None, header: str, bodies: dict[str, str]) -> st
         bodies: key -> section body (heading and Markdown).
     """
     text = TITLE if text is None else text
-    if _span(text, HEADER) is None:
-        first = min((s[0] for s in (_span(text, k) for k in ORDER) if s is not None), default=None)
+    if span(text, HEADER) is None:
+        first = min((s[0] for s in (span(text, k) for k in ORDER) if s is not None), default=None)
         head = block(HEADER, header)
         text = (text.rstrip("\n") + "\n\n" + head + "\n") if first is None else (text[:first] + head + "\n\n" + text[first:])
     else:
         text = replace_block(text, HEADER, header)
     for key in ORDER:
         if key in bodies:
-            text = replace_block(text, key, bodies[key])
+            text = replace_block(text, key, bodies[key], PLACES)
     for key, body in bodies.items():
         if key not in ORDER:
-            text = replace_block(text, key, body)
+            text = replace_block(text, key, body, PLACES)
     return text
+
+
+def table(markdown: str, after: str) -> list[list[str]]:
+    """The cells of the first Markdown table after the line ``after`` (header row first, rule left out)."""
+    lines = markdown[markdown.index(after):].splitlines()[1:]
+    start = next(i for i, line in enumerate(lines) if line.startswith("|"))
+    rows = []
+    for line in lines[start:]:
+        if not line.startswith("|"):
+            break
+        rows.append([c.strip() for c in line.strip().strip("|").split("|")])
+    return [rows[0], *rows[2:]]
+
+
+def anchor(title: str) -> str:
+    """The GitHub anchor of a Markdown heading."""
+    return re.sub(r"[^\w\- ]", "", title.lower()).replace(" ", "-")
+
+
+def readme_summary(results: str) -> str:
+    """The README's results summary, generated from the text of docs/results.md."""
+    key, heading, columns = SUMMARY_TABLE
+    lm = body(results, key)
+    rows = table(lm, heading)
+    keep = [rows[0].index(c) for c in columns]
+    decision = next(line for line in lm.splitlines() if line.startswith("**D13 decision rule"))
+    plot = body(results, SUMMARY_PLOT)
+    image = re.search(r"!\[([^\]]*)\]\(([^)\s]+)\)", plot)
+    titles = [re.search(r"^## (.+)$", body(results, k), flags=re.M).group(1)
+              for k in re.findall(r"^<!-- ([\w-]+):begin -->$", results, flags=re.M) if k != HEADER]
+    return "\n".join([
+        "_Generated by `benchmarks/run_all.py` from [docs/results.md](docs/results.md); do not edit by hand._",
+        "",
+        f"{lm.splitlines()[0][3:]} — {heading[4:].lower()} (validation bits per byte, lower is better):",
+        "",
+        [line for line in lm.splitlines() if line.startswith("- ")][1],
+        "",
+        "| " + " | ".join(columns) + " |",
+        "|" + "---|" * len(columns),
+        *("| " + " | ".join(row[i] for i in keep) + " |" for row in rows[1:]),
+        "",
+        decision,
+        "",
+        f"{re.search(r'^## (.+)$', plot, flags=re.M).group(1)}:",
+        "",
+        f"![{image.group(1)}](docs/{image.group(2)})",
+        "",
+        "Every section of docs/results.md:",
+        "",
+        *(f"- [{t}](docs/results.md#{anchor(t)})" for t in titles),
+    ])
 
 
 def image_links(markdown: str) -> list[str]:
@@ -159,7 +177,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (per process)")
     parser.add_argument("--jobs", type=int, default=1,
                         help="processes for the sections that train independent cells in parallel (formal, mqar)")
-    parser.add_argument("--results", type=Path, default=ROOT / "docs" / "results.md", help="the document to update")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="the document to update")
+    parser.add_argument("--readme", type=Path, default=None,
+                        help="the README whose results summary to regenerate (default: README.md when --results "
+                        "is docs/results.md, else none)")
+    parser.add_argument("--summary", action="store_true",
+                        help="run no section; only regenerate the README summary from --results")
     parser.add_argument("--models", default="", help="comma-separated rows, for the sections that take them (formal)")
     parser.add_argument("--tables", default="", help="comma-separated tables, for the sections that take them "
                         "(lm: models, ablations, signals)")
@@ -171,6 +194,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.jobs < 1:
         parser.error(f"--jobs: must be a positive integer, got {args.jobs}")
     args.keys = keys
+    if args.readme is None and args.results.resolve() == RESULTS:
+        args.readme = README
     return args
 
 
@@ -180,6 +205,9 @@ def main(argv: list[str] | None = None, sections: dict[str, Callable] | None = N
     ``sections`` maps keys to section functions instead of importing them (tests).
     """
     args = parse_args(argv)
+    if args.summary:
+        write_summary(args)
+        return 0
     torch.set_num_threads(args.threads)
     started = datetime.datetime.now(datetime.timezone.utc)
     out = args.out or ROOT / "runs" / "results" / started.strftime("%Y%m%d-%H%M%S")
@@ -232,13 +260,21 @@ def main(argv: list[str] | None = None, sections: dict[str, Callable] | None = N
         f"- Commit: {rev}",
         f"- Seed: {args.seed}; sections run: {', '.join(bodies) or 'none'}"
         + (f"; failed: {', '.join(failed)}" if failed else ""),
-        f"- Setting: {'quick (smoke run, not evidence)' if args.quick else 'CPU tier (shared/benchmarks/tasks.md)'}",
+        f"- Setting: {'quick (smoke run, not evidence)' if args.quick else 'CPU tier (docs/tasks.md)'}",
     ])
     if bodies:
         old = args.results.read_text(encoding="utf-8") if args.results.exists() else None
         args.results.write_text(update_document(old, header, bodies), encoding="utf-8")
         print(f"[run_all] wrote {args.results}", file=sys.stderr)
+        write_summary(args)
     return 1 if failed else 0
+
+
+def write_summary(args: argparse.Namespace) -> None:
+    """Regenerate the README's results summary from ``--results`` (when there is a README to update)."""
+    if args.readme is not None:
+        write_block(args.readme, SUMMARY, readme_summary(args.results.read_text(encoding="utf-8")))
+        print(f"[run_all] wrote the results summary of {args.readme}", file=sys.stderr)
 
 
 if __name__ == "__main__":

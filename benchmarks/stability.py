@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.from_json:
         rows = [r for path in args.from_json for r in json.loads(path.read_text(encoding="utf-8"))]
-        write_block(args.results, rows)
+        write_results(args.results, rows)
         return 0
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -137,17 +137,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1) + "\n", encoding="utf-8")
     if args.results:
-        write_block(args.results, rows)
+        write_results(args.results, rows)
     return 0 if all(r[k]["finite"] for r in rows for k in ("kjv", "random")) else 1
 
 
-def write_block(path: Path, rows: list[dict]) -> None:
-    from run_all import replace_block
+def write_results(path: Path, rows: list[dict]) -> None:
+    from markers import write_block
+    from run_all import PLACES
 
     command = "python benchmarks/stability.py --tokens {} --train-steps {}".format(
         rows[0]["tokens"], ",".join(sorted({str(r["train_steps"]) for r in rows}, key=int)))
-    text = path.read_text(encoding="utf-8") if path.exists() else "# Results\n"
-    path.write_text(replace_block(text, "stability", markdown(rows, command)), encoding="utf-8")
+    write_block(path, "stability", markdown(rows, command), order=PLACES, title="# Results\n")
 
 
 if __name__ == "__main__":

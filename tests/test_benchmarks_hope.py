@@ -66,16 +66,17 @@ def test_decode_quick(bench, tmp_path):
     assert all(r["context"] >= r["length"] and r["ms_per_token"] > 0 for r in rows)
 
 
-def test_write_section_between_markers(bench, tmp_path):
-    write_section = bench("hope_throughput").write_section
+def test_write_block_between_markers(bench, tmp_path):
+    write_block = bench("markers").write_block
     doc = tmp_path / "performance.md"
     doc.write_text("# Performance\n\nintro\n")
-    markers = ("<!-- x:begin -->", "<!-- x:end -->")
-    write_section(doc, markers, "Heading", "table one")
-    write_section(doc, markers, "Heading", "table two")
+    write_block(doc, "x", "table one", heading="Heading")
+    write_block(doc, "x", "table two", heading="Heading")
     text = doc.read_text()
-    assert text.count("## Heading") == 1 and text.count(markers[0]) == 1
+    assert text.count("## Heading") == 1 and text.count("<!-- x:begin -->") == 1
     assert "table two" in text and "table one" not in text and text.startswith("# Performance\n\nintro\n")
+    write_block(tmp_path / "new.md", "y", "body", title="# Title\n")
+    assert (tmp_path / "new.md").read_text() == "# Title\n\n<!-- y:begin -->\nbody\n<!-- y:end -->\n"
 
 
 def test_count_flops_matmul_and_cpu_attention(bench):

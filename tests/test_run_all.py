@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,10 +14,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def run_all():
+    sys.path.insert(0, str(ROOT / "benchmarks"))  # as when run as a script: its sibling modules import
     spec = importlib.util.spec_from_file_location("run_all", ROOT / "benchmarks" / "run_all.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module
+    yield module
+    sys.path.remove(str(ROOT / "benchmarks"))
 
 
 OPTIMIZERS = "<!-- optimizers:begin -->\n## Optimisers\n\n| a | b |\n|---|---|\n| 1 | 2 |\n<!-- optimizers:end -->"

@@ -1,7 +1,7 @@
 """The switch registry (decision D25): every switch of the paper's ambiguities and ablations, in one place.
 
 A *switch* is a configuration field that selects between readings of the paper (decisions D1–D20 of
-``shared/paper/decisions.md``; S1–S6 are the stability and range switches of ``docs/design.md``) or turns a Table-6 ablation on. Each :class:`Switch` names its
+``docs/decisions.md``; S1–S6 are the stability and range switches of ``docs/design.md``) or turns a Table-6 ablation on. Each :class:`Switch` names its
 dotted config path, the allowed values, the paper reference and the decision id; its default is
 read from the config dataclasses, so the registry cannot drift from the code (a test checks that
 every allowed value passes validation and that every field of the self-modifying and CMS configs
@@ -30,7 +30,7 @@ class Switch:
         path: dotted config path, e.g. ``"model.selfmod.inner_rule"``.
         allowed: the allowed values, or a one-line description for numeric switches.
         paper: where the paper states (or leaves open) the choice.
-        decision: the decision id in decisions.md (``"project"`` for the project's own switches).
+        decision: the decision id in docs/decisions.md (``"project"`` for the project's own switches).
         optimizers: for ``optim.*`` switches, the ``optim.name`` values they apply to.
     """
 

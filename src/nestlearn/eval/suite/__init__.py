@@ -2,7 +2,7 @@
 
 A section function has the signature ``section(quick: bool, out_dir: Path, seed: int = 0) -> Section``.
 ``quick=True`` is the smoke setting (the whole suite in about ten minutes on two CPU cores);
-``quick=False`` is the CPU tier of ``shared/benchmarks/tasks.md``. Each writes its own artefacts
+``quick=False`` is the CPU tier of ``docs/tasks.md``. Each writes its own artefacts
 (JSON, plots) under ``out_dir`` and returns the Markdown that run_all places in docs/results.md.
 """
 
