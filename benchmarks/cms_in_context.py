@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from timing import cpu_settings
 
 from nestlearn.data.kjv import kjv_splits
 from nestlearn.layers.cms import CMS
@@ -58,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tokens", type=int, default=512)
     p.add_argument("--batch", type=int, default=4)
     args = p.parse_args(argv)
-    torch.set_flush_denormal(True)
+    cpu_settings()
     cfg = load_run_config(args.config, [f"model.max_seq_len={args.tokens}", *args.set])
     cfg.model.vocab_size = 256
     torch.manual_seed(0)

@@ -21,7 +21,7 @@ import json
 import platform
 
 import torch
-from timing import interleaved_medians, training_outputs
+from timing import cpu_settings, interleaved_medians, training_outputs
 from torch import nn
 
 from nestlearn.layers.cms import CMS, CMSConfig
@@ -91,8 +91,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.quick:
         args.d_model, args.chunk_sizes, args.lengths, args.tokens = 32, "16,8,4", "16,32", 64
         args.repeats, args.warmup = 1, 0
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    cpu_settings(args.threads)
     chunk_sizes = tuple(int(s) for s in args.chunk_sizes.split(","))
     torch.manual_seed(0)
     mods = layers(args.d_model, chunk_sizes)

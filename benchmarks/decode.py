@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 import torch
-from timing import check_finite
+from timing import check_finite, cpu_settings
 from hope_throughput import (
     ROOT,
     VOCAB,
@@ -174,8 +174,7 @@ def main(argv: list[str] | None = None) -> dict:
                    help=f"write the table into {DOCS.relative_to(ROOT)} and the plot to {PLOT.relative_to(ROOT)}")
     argv = sys.argv[1:] if argv is None else argv
     args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    cpu_settings(args.threads)
     lengths = [int(s) for s in args.lengths.split(",")]
     steps, segment = args.steps, args.segment
     if args.quick:

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 from markers import write_block
-from timing import count_flops, interleaved_medians, training_outputs
+from timing import FLUSH_DENORMAL, count_flops, cpu_settings, interleaved_medians, training_outputs
 
 from nestlearn.config import apply_overrides
 from nestlearn.errors import ConfigError
@@ -123,7 +123,7 @@ def run(lengths: list[int], tokens: int, repeats: int, quick: bool = False, over
 def environment() -> dict:
     """Hardware, software, date and commit of this run."""
     return {"hardware": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
-            "torch": torch.__version__, "python": platform.python_version(),
+            "torch": torch.__version__, "python": platform.python_version(), "flush_denormal": FLUSH_DENORMAL,
             "date": datetime.date.today().isoformat(), "commit": git_commit() or "unknown"}
 
 
@@ -178,9 +178,8 @@ def step_benchmark_parser(description: str, lengths: str) -> argparse.ArgumentPa
 
 
 def step_settings(args: argparse.Namespace) -> tuple[list[int], int, int]:
-    """Sets the torch threads; returns (lengths, tokens per step, repeats), tiny ones under ``--quick``."""
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    """Sets the torch threads and flush-to-zero (:func:`timing.cpu_settings`); returns (lengths, tokens per step, repeats), tiny ones under ``--quick``."""
+    cpu_settings(args.threads)
     if args.quick:
         return [16, 32], 32, 1
     return [int(s) for s in args.lengths.split(",")], args.tokens, args.repeats

@@ -25,7 +25,7 @@ from nestlearn.layers.titans import MemoryLayer
 from nestlearn.memory import MemorySpec
 from nestlearn.models.titans import MemoryBlock, TitansConfig
 from nestlearn.models.transformer import TransformerBlock, TransformerConfig
-from timing import median_time, training_outputs
+from timing import cpu_settings, median_time, training_outputs
 
 WIDTH, HEADS, CHUNK, BATCH, SEQ = 256, 4, 64, 4, 1024
 
@@ -65,8 +65,7 @@ def main() -> None:
     p.add_argument("--lengths", default="256,512,1024,2048,4096,8192", help="comma-separated sweep lengths")
     p.add_argument("--json", help="also write the results to this file")
     args = p.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    cpu_settings(args.threads)
     torch.manual_seed(0)
     mods = models()
     mem_state = sum(t[0].numel() for t in mods["titans memory layer"].init_state(1, "cpu", torch.float32).values())

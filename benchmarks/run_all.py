@@ -80,9 +80,9 @@ def update_document(text: str | None, header: str, bodies: dict[str, str]) -> st
     for key in ORDER:
         if key in bodies:
             text = replace_block(text, key, bodies[key], PLACES)
-    for key, body in bodies.items():
+    for key, section in bodies.items():
         if key not in ORDER:
-            text = replace_block(text, key, body, PLACES)
+            text = replace_block(text, key, section, PLACES)
     return text
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from timing import cpu_settings
 
 from nestlearn.config import load_yaml
 from nestlearn.data.kjv import kjv_splits
@@ -121,9 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = [r for path in args.from_json for r in json.loads(path.read_text(encoding="utf-8"))]
         write_results(args.results, rows)
         return 0
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    torch.set_flush_denormal(True)
+    cpu_settings(args.threads)
     rows = []
     for steps in map(int, args.train_steps.split(",")):
         for family in args.families.split(","):

@@ -18,9 +18,8 @@ import json
 import sys
 from pathlib import Path
 
-import torch
 from hope_throughput import build, environment, equal_param_configs, train_step_fn
-from timing import interleaved_medians
+from timing import cpu_settings, interleaved_medians
 
 PAPER = {"hope": {"selfmod": {"momentum_form": "scaled", "eigen": "positive", "step_norm": "none", "write_bound": 0.0}},
          "titans": {"momentum": "titans", "write_bound": 0.0}}
@@ -48,9 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true")
     p.add_argument("--out", type=Path)
     args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    torch.set_flush_denormal(True)
+    cpu_settings(args.threads)
     lengths = [int(x) for x in args.lengths.split(",")]
     cfgs = configs(args.quick, max(lengths))
     models = {name: build(cfg) for name, cfg in cfgs.items()}

@@ -22,7 +22,7 @@ import platform
 import torch
 
 from nestlearn.models import CausalLM, TransformerConfig
-from timing import median_time, training_outputs
+from timing import cpu_settings, median_time, training_outputs
 
 SIZES = [
     {"name": "d256-L4", "d_model": 256, "n_layers": 4, "n_heads": 4, "seq_len": 512, "batch": 8},
@@ -75,8 +75,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
     parser.add_argument("--json", help="also write the results to this JSON file")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    cpu_settings(args.threads)
     peak, n = matmul_rate(args.repeats)
     print(f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}")
     print(f"float32 matmul rate: {peak / 1e9:.1f} GFLOP/s (best median, {n}x{n})")

@@ -17,6 +17,18 @@ from torch.utils.flop_counter import (
 aten = torch.ops.aten
 
 
+FLUSH_DENORMAL = True
+
+
+def cpu_settings(threads: int = 0) -> None:
+    """The CPU settings of every benchmark: ``threads`` torch threads (0: torch's default) and
+    subnormal floats flushed to zero, as the trainer does by default (``train.flush_denormal``), so
+    that a value decaying toward zero never times the CPU's slow subnormal path."""
+    if threads:
+        torch.set_num_threads(threads)
+    torch.set_flush_denormal(FLUSH_DENORMAL)
+
+
 class NonFinite(RuntimeError):
     """A benchmarked call produced a NaN or an infinity: its time would measure NaN arithmetic."""
 

@@ -103,3 +103,25 @@ def test_compile_on_and_off_give_the_same_losses(tmp_path, tiny_text):
     trainer.run()
     torch.testing.assert_close(losses(tmp_path / "compiled" / "run"), losses(tmp_path / "eager" / "run"),
                                rtol=1e-4, atol=0)
+
+
+def test_flush_denormal_is_recorded_and_changes_results_only_below_float32_tolerance(tmp_path, tiny_text):
+    """train.flush_denormal (on by default on CPU) sets flush-to-zero for the run and is recorded in its
+    config; a Hope run with it gives the unflushed run's losses to float32 tolerance."""
+    runs = {}
+    try:
+        for flush in (True, False):
+            out = tmp_path / f"flush-{flush}"
+            cfg = load_run_config(None, [
+                f"data.source={tiny_text}", "model.family=hope", "model.d_model=32", "model.n_layers=2",
+                "model.max_seq_len=32", "model.cms.chunk_sizes=[16,8]", "train.seq_len=32", "train.batch_size=2",
+                "train.steps=3", "train.warmup_steps=2", "train.log_every=1", "train.eval_every=3",
+                "train.eval_tokens=64", "train.sample_tokens=4", f"train.out_dir={out / 'run'}",
+                f"train.flush_denormal={str(flush).lower()}"])
+            Trainer(cfg, progress=False).run()
+            runs[flush] = losses(out / "run")
+            assert (out / "run" / "config.yaml").read_text().count(f"flush_denormal: {str(flush).lower()}") == 1
+    finally:
+        torch.set_flush_denormal(False)  # the process-wide default, for the tests that follow
+    assert len(runs[True]) == 3
+    torch.testing.assert_close(torch.tensor(runs[True]), torch.tensor(runs[False]), rtol=1e-5, atol=1e-6)

@@ -35,6 +35,9 @@ class TrainConfig:
         out_dir: run folder (metrics, checkpoint, plot, report).
         device: "auto", "cpu" or "cuda".
         threads: CPU threads for torch (0: torch's default).
+        flush_denormal: on CPU, flush subnormal floats to zero (``torch.set_flush_denormal``): a
+            value that decays into the subnormal range costs several times a normal one on x86, and
+            results change only below float32's smallest normal number (docs/performance.md).
         distributed: how several processes started by torchrun share the work: ``"ddp"``
             (replicated model, averaged gradients) or ``"fsdp"`` (FSDP2, parameters, gradients and
             optimizer states sharded; optim.name adamw, muon or m3). Ignored in one process. The
@@ -65,6 +68,7 @@ class TrainConfig:
     out_dir: str = "runs/default"
     device: str = "auto"
     threads: int = 0
+    flush_denormal: bool = True
     distributed: str = "ddp"
     compile: bool = False
     activation_checkpointing: bool = False

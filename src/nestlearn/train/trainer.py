@@ -70,6 +70,8 @@ class Trainer:
         if tc.threads:
             torch.set_num_threads(tc.threads)
         self.dist, self.device = setup(tc.distributed, tc.device)
+        if self.device.type == "cpu":
+            torch.set_flush_denormal(tc.flush_denormal)
         check_optimizer(self.dist, cfg.optim.name)
         if tc.tensorboard and self.dist.is_main:
             summary_writer_class()
