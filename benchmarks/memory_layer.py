@@ -1,8 +1,9 @@
 """Training throughput of the Titans neural-memory layer vs Transformer++ attention, and its scaling in length.
 
 Times forward + backward (sum-of-squares loss, gradients for every parameter) in the same run of:
-  * the Titans memory layer (``MemoryLayer``: 2-layer residual MLP memory per head, L2 objective,
-    GD with momentum and decay, chunk C = 64; [T §3–4.4]) and the LMM block (memory + SwiGLU);
+  * the Titans memory layer at the ``titans`` family's defaults (``MemoryLayer``: 2-layer residual MLP
+    memory per head, L2 objective, GD with momentum and decay, chunk C = 64; [T §3–4.4]) and the LMM
+    block (memory + SwiGLU);
   * Transformer++'s causal attention layer and its whole block (attention + SwiGLU);
 then sweeps the sequence length (tokens per step held near constant) to show that the memory's cost
 per token stays flat while attention's grows. Each time is the median over ``--repeats`` steps.
@@ -22,7 +23,6 @@ from torch import nn
 
 from nestlearn.layers.attention import CausalSelfAttention
 from nestlearn.layers.titans import MemoryLayer
-from nestlearn.memory import MemorySpec
 from nestlearn.models.titans import MemoryBlock, TitansConfig
 from nestlearn.models.transformer import TransformerBlock, TransformerConfig
 from timing import cpu_settings, median_time, training_outputs
@@ -31,8 +31,8 @@ WIDTH, HEADS, CHUNK, BATCH, SEQ = 256, 4, 64, 4, 1024
 
 
 def titans_layer() -> MemoryLayer:
-    spec = MemorySpec(kind="mlp", objective="l2", rule="gd", momentum="titans", chunk_size=CHUNK)
-    return MemoryLayer(WIDTH, HEADS, spec)
+    """The memory layer of the ``titans`` family at its defaults (MLP memory, L2, momentum, decay)."""
+    return TitansConfig(d_model=WIDTH, n_heads=HEADS, chunk_size=CHUNK).memory_layer()
 
 
 def models() -> dict[str, nn.Module]:
