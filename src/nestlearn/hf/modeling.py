@@ -11,7 +11,7 @@ The generation cache is :class:`NestlearnCache`: it holds the model's whole fast
 hybrid and attention families, the stream position), so each decoding step feeds only the new token
 and a recurrent family costs the same per token at any context length.
 
-Tested with transformers 4.57.3 and 5.23.0. The cache is a ``transformers.Cache`` subclass passed
+Tested with transformers 4.57.3, 5.23.0 and 5.25.0. The cache is a ``transformers.Cache`` subclass passed
 as ``past_key_values``; ``generate`` does not create one (``_supports_default_dynamic_cache`` is
 False), the first forward call does. The model is marked stateful: transformers then refuses assisted
 decoding, whose rollback a recurrent state cannot do.
@@ -47,6 +47,9 @@ from nestlearn.models.lm import (
 )
 
 MODEL_TYPE = "nestlearn"
+# transformers 5.24 renamed the output field past_key_values to cache and warns whenever the old
+# name is used; the cache goes into whichever field this version declares.
+CACHE_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
 
 
 class NestlearnConfig(PretrainedConfig):
@@ -263,7 +266,7 @@ class NestlearnForCausalLM(PreTrainedModel, GenerationMixin):
         if labels is not None:
             loss = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]),
                                    labels[:, 1:].reshape(-1).to(logits.device), ignore_index=-100)
-        output = CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=cache if use_cache else None)
+        output = CausalLMOutputWithPast(loss=loss, logits=logits, **{CACHE_FIELD: cache if use_cache else None})
         return output if return_dict is not False else output.to_tuple()
 
 
