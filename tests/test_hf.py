@@ -15,6 +15,7 @@ from nestlearn.cli import main
 from nestlearn.data.tokenizer import BPETokenizer, ByteTokenizer
 from nestlearn.errors import ConfigError
 from nestlearn.hf import NestlearnCache, NestlearnConfig, NestlearnForCausalLM
+from nestlearn.hf.modeling import CACHE_FIELD
 from nestlearn.models.lm import CausalLM, model_config_from_dict
 from nestlearn.stateful import learn
 from nestlearn.train.checkpoint import save_checkpoint
@@ -112,10 +113,10 @@ def test_generation_continues_a_learned_state():
     prompt = torch.randint(0, VOCAB, (1, 4))
     native, _ = model.generate(prompt, 6, temperature=0, state=state)
     # transformers' convention for a filled cache: the attention mask spans cache + new tokens.
-    out = hf.generate(prompt, max_new_tokens=6, do_sample=False, past_key_values=NestlearnCache(state),
+    out = hf.generate(prompt, max_new_tokens=6, do_sample=False, **{CACHE_FIELD: NestlearnCache(state)},
                       attention_mask=torch.ones(1, state.pos + 4, dtype=torch.long), return_dict_in_generate=True)
     assert torch.equal(out.sequences, native)
-    assert out.past_key_values.get_seq_length() == state.pos + 4 + 5
+    assert getattr(out, CACHE_FIELD).get_seq_length() == state.pos + 4 + 5
 
 
 def test_bad_input_padding_and_labels():

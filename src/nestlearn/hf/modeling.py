@@ -99,10 +99,11 @@ class NestlearnCache(Cache):
 
     To generate after a state of ``state.pos`` tokens, pass it with the new prompt and, following
     transformers 5.x's convention for a filled cache, an attention mask covering both:
-    ``generate(prompt, past_key_values=NestlearnCache(state), attention_mask=torch.ones(batch,
-    state.pos + prompt_len, dtype=torch.long))``.
+    ``generate(prompt, cache=NestlearnCache(state), attention_mask=torch.ones(batch,
+    state.pos + prompt_len, dtype=torch.long))`` (``past_key_values=`` before transformers 5.24,
+    the name :data:`CACHE_FIELD` holds).
 
-    ``generate`` passes it between steps as ``past_key_values``; the model replaces ``state`` after
+    ``generate`` passes it between steps as ``cache`` (``past_key_values``); the model replaces ``state`` after
     every forward call. For families with a bounded context it also keeps the last
     ``max_seq_len`` token ids, so decoding past ``max_seq_len`` continues with the sliding window of
     :meth:`CausalLM.generate`. Beam search reorders it along the batch axis; it cannot be cropped
