@@ -109,7 +109,7 @@ def model_config_from_dict(data: dict[str, Any]) -> LMConfig:
     data = dict(data)
     name = data.pop("family", "transformer")
     registry = families()
-    if name not in registry:
+    if not isinstance(name, str) or name not in registry:
         raise ConfigError("model.family", f"must be one of {', '.join(sorted(registry))}, got {name!r}")
     return from_dict(registry[name], data, prefix="model")
 
