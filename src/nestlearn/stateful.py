@@ -48,12 +48,14 @@ def save_state(path: str | Path, model: CausalLM, state: LMState, info: dict | N
 
 def load_state(path: str | Path, model: CausalLM) -> tuple[LMState, dict]:
     """Read a state written by :func:`save_state` for this very model; anything else is an error."""
-    tensors, meta = load_checkpoint(path)
+    if not Path(path).is_file():
+        raise CheckpointError(f"state file not found: {path}")
+    tensors, meta = load_checkpoint(path, what="state file")
     if meta.get("kind") != STATE_KIND:
         raise CheckpointError(f"{path} is not a nestlearn state file (it is a {meta.get('kind', 'model checkpoint')})")
-    if meta["model_sha256"] != model_fingerprint(model):
-        raise CheckpointError(f"{path} was written by another model ({meta['family']}, fingerprint "
-                              f"{meta['model_sha256'][:12]}); a state only fits the model that produced it")
+    if meta.get("model_sha256") != model_fingerprint(model):
+        raise CheckpointError(f"{path} was written by another model ({meta.get('family')}, fingerprint "
+                              f"{str(meta.get('model_sha256'))[:12]}); a state only fits the model that produced it")
     device = next(model.parameters()).device
     return LMState.from_flat(meta["pos"], meta["n_layers"], {k: v.to(device) for k, v in tensors.items()}), meta
 

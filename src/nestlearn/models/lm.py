@@ -218,6 +218,7 @@ class CausalLM(nn.Module):
         families ignore it. ``keep_state=False`` returns no state (``state`` None) and lets the
         blocks skip the writes only that state would hold; the logits and the loss are unchanged.
         """
+        self.check_tokens(tokens)
         pos = 0 if state is None else state.pos
         if self.config.bounded_context and pos + tokens.shape[1] > self.config.max_seq_len:
             raise NestlearnError(
@@ -245,6 +246,22 @@ class CausalLM(nn.Module):
             loss = F.cross_entropy(logits.float().view(-1, logits.shape[-1]), targets.reshape(-1))
         return LMOutput(logits, loss, LMState(pos + tokens.shape[1], new_states) if keep_state else None)
 
+    def check_tokens(self, tokens: torch.Tensor, name: str = "tokens") -> None:
+        """Raise :class:`NestlearnError` unless ``tokens`` is a (batch, seq) integer tensor, seq >= 1,
+        of ids in [0, vocab_size)."""
+        if not isinstance(tokens, torch.Tensor) or tokens.dtype.is_floating_point or tokens.dtype.is_complex \
+                or tokens.dtype == torch.bool:
+            kind = tokens.dtype if isinstance(tokens, torch.Tensor) else type(tokens).__name__
+            raise NestlearnError(f"{name}: must be an integer tensor of token ids, got {kind}")
+        if tokens.ndim != 2 or tokens.shape[0] == 0 or tokens.shape[1] == 0:
+            raise NestlearnError(f"{name}: must have shape (batch, seq) with batch >= 1 and seq >= 1, "
+                                 f"got {tuple(tokens.shape)}")
+        low, high = (int(v) for v in torch.aminmax(tokens))
+        if low < 0 or high >= self.config.vocab_size:
+            bad = low if low < 0 else high
+            raise NestlearnError(f"{name}: ids must lie in [0, {self.config.vocab_size - 1}] "
+                                 f"(model.vocab_size={self.config.vocab_size}), got {bad}")
+
     @torch.no_grad()
     def generate(self, prompt: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
                  top_k: int | None = None, generator: torch.Generator | None = None,
@@ -269,8 +286,12 @@ class CausalLM(nn.Module):
         """
         if temperature < 0:
             raise ConfigError("temperature", f"must be >= 0, got {temperature}")
-        if top_k is not None and top_k <= 0:
-            raise ConfigError("top_k", f"must be > 0, got {top_k}")
+        if not math.isfinite(temperature):
+            raise ConfigError("temperature", f"must be a finite number >= 0, got {temperature}")
+        if top_k is not None and not 0 < top_k <= self.config.vocab_size:
+            raise ConfigError("top_k", f"must lie in [1, {self.config.vocab_size}] (the vocabulary), got {top_k}")
+        if max_new_tokens < 0:
+            raise ConfigError("max_new_tokens", f"must be >= 0, got {max_new_tokens}")
         out = self(prompt, state=state)
         tokens = [prompt]
         logits, state = out.logits[:, -1], out.state

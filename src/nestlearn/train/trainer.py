@@ -31,8 +31,8 @@ from nestlearn.models.lm import CausalLM, model_config_from_dict, replace_config
 from nestlearn.optim.config import build_optimizer
 from nestlearn.provenance import provenance
 from nestlearn.switches import resolved_switches
-from nestlearn.train.checkpoint import (decode_bytes, encode_bytes, flatten, load_checkpoint, save_checkpoint,
-                                        unflatten)
+from nestlearn.train.checkpoint import (decode_bytes, encode_bytes, flatten, load_checkpoint, remove_stale_temp_files,
+                                        save_checkpoint, unflatten)
 from nestlearn.train.config import OPERATIONAL_FIELDS, RunConfig, config_diff
 from nestlearn.train.distributed import (all_reduce_sum, barrier, broadcast_object, check_optimizer, full_tensor,
                                          gather_full, grad_sync, local_rows, setup,
@@ -354,6 +354,7 @@ class Trainer:
         main = self.dist.is_main
         if main:
             self.out.mkdir(parents=True, exist_ok=True)
+            remove_stale_temp_files(self.out, CHECKPOINT)
             (self.out / "config.yaml").write_text(_yaml_dump(self.cfg.to_dict()), encoding="utf-8")
             if isinstance(self.tokenizer, BPETokenizer):
                 self.tokenizer.save(self.out)
@@ -496,9 +497,18 @@ def _truncate_metrics(path: Path, step: int) -> None:
     """Drop metric lines written after ``step`` (by a run that crashed after its last checkpoint)."""
     if not path.exists():
         return
-    lines = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
-    kept = [ln for ln in lines if json.loads(ln)["step"] <= step]
+    lines = [ln for ln in path.read_text(encoding="utf-8", errors="replace").splitlines() if ln.strip()]
+    # A process killed mid-write leaves a torn last line, which is dropped like any later line.
+    kept = [ln for ln in lines if _record_step(ln) <= step]
     path.write_text("".join(ln + "\n" for ln in kept), encoding="utf-8")
+
+
+def _record_step(line: str) -> float:
+    """The step of a metrics line; infinity for a line that is not a JSON record (torn by a kill)."""
+    try:
+        return json.loads(line)["step"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return math.inf
 
 
 def _yaml_dump(data: dict) -> str:
