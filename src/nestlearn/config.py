@@ -158,7 +158,8 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     except yaml.YAMLError as err:
         raise ConfigError("--config", f"{path} is not valid YAML: {err}") from None
     if data is None:
-        return {}
+        # An empty file is more likely a mistake than a request for every default (a long run).
+        raise ConfigError("--config", f"{path} is empty; expected a mapping with sections model, data, optim, train")
     if not isinstance(data, dict):
         raise ConfigError("--config", f"{path} must hold a mapping of sections, got {type(data).__name__}")
     return data
