@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from nestlearn.errors import ConfigError, NestlearnError, check_positive, check_range
+from nestlearn.errors import CheckpointError, ConfigError, NestlearnError, check_positive, check_range
 
 # The main job: a byte-level Transformer++ on the built-in corpus, sized to finish in a few minutes
 # on 2 CPU cores (docs/performance.md has the measured speed).
@@ -50,6 +50,8 @@ def _device(flag: str, name: str) -> torch.device:
         raise ConfigError(flag, f"must be cpu, cuda or cuda:N, got {name!r}") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(flag, f"{name!r} asks for CUDA, which is not available on this machine; use cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(flag, f"{name!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     if device.type not in ("cpu", "cuda"):
         raise ConfigError(flag, f"must be cpu, cuda or cuda:N, got {name!r}")
     return device
@@ -66,10 +68,12 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 
 def _shortcuts(args: argparse.Namespace) -> list[str]:
     extra = []
-    if args.data:
-        extra.append(f"data.source={args.data}")
-    if args.out:
-        extra.append(f"train.out_dir={args.out}")
+    # Paths stay strings: quoted, "--out 2024" is not the number 2024 and "--data ''" not null. An
+    # empty value is passed on (and refused by the config), not mistaken for an absent option.
+    if args.data is not None:
+        extra.append(f"data.source={json.dumps(args.data)}")
+    if args.out is not None:
+        extra.append(f"train.out_dir={json.dumps(args.out)}")
     return extra + args.overrides
 
 
@@ -83,14 +87,17 @@ def _print_start(cfg, out: Path) -> None:
     print(describe_switches(non_default_switches(cfg.to_dict())), file=sys.stderr)
 
 
-def _train(cfg, resume, allow, progress) -> dict:
+def _train(cfg, resume, allow, progress, banner: str | None = None) -> dict:
     from nestlearn.train import Trainer
     from nestlearn.train.distributed import shutdown
 
-    # Under torchrun every process runs this; rank 0 alone prints.
+    # Under torchrun every process runs this; rank 0 alone prints, once the run has passed every
+    # check (so a bad input prints its error line alone).
     try:
         trainer = Trainer(cfg, resume=resume, allow_config_change=allow, progress=progress)
         if trainer.dist.is_main:
+            if banner:
+                print(banner, file=sys.stderr)
             _print_start(trainer.cfg, trainer.out)
         try:
             return trainer.run()
@@ -128,10 +135,13 @@ def cmd_train(args: argparse.Namespace) -> None:
     overrides = _shortcuts(args)
     if args.resume and not args.config:
         _, meta = load_checkpoint(args.resume)
-        base = meta["config"]
+        base = meta.get("config")
+        if not isinstance(base, dict):
+            raise CheckpointError(f"{args.resume} holds no run config (a state file?); --resume takes a run folder "
+                                  "or its checkpoint")
         resume_dir = Path(args.resume) if Path(args.resume).is_dir() else Path(args.resume).parent
         # stop_at belongs to the invocation that set it, not to the run.
-        overrides = [f"train.out_dir={resume_dir}", "train.stop_at=0"] + overrides
+        overrides = [f"train.out_dir={json.dumps(str(resume_dir))}", "train.stop_at=0"] + overrides
     cfg = load_run_config(args.config, overrides, base=base)
     result = _train(cfg, args.resume, args.allow_config_change, not args.no_progress)
     _print_result(result, Path(cfg.train.out_dir))
@@ -151,9 +161,9 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
         # The demo is a fresh run every time; a real run would be resumed instead.
         shutil.rmtree(out)
-    print(f"nestlearn demo: training a {cfg.model.n_layers}-layer Transformer++ on the King James Bible "
-          f"(bytes) for {cfg.train.steps} steps", file=sys.stderr)
-    result = _train(cfg, None, False, not args.no_progress)
+    banner = (f"nestlearn demo: training a {cfg.model.n_layers}-layer Transformer++ on the King James Bible "
+              f"(bytes) for {cfg.train.steps} steps")
+    result = _train(cfg, None, False, not args.no_progress, banner)
     _print_result(result, out)
 
 
