@@ -247,12 +247,11 @@ class CausalLM(nn.Module):
         return LMOutput(logits, loss, LMState(pos + tokens.shape[1], new_states) if keep_state else None)
 
     def check_tokens(self, tokens: torch.Tensor, name: str = "tokens") -> None:
-        """Raise :class:`NestlearnError` unless ``tokens`` is a (batch, seq) integer tensor, seq >= 1,
-        of ids in [0, vocab_size)."""
-        if not isinstance(tokens, torch.Tensor) or tokens.dtype.is_floating_point or tokens.dtype.is_complex \
-                or tokens.dtype == torch.bool:
+        """Raise :class:`NestlearnError` unless ``tokens`` is a (batch, seq) int64 or int32 tensor,
+        batch and seq >= 1, of ids in [0, vocab_size)."""
+        if not isinstance(tokens, torch.Tensor) or tokens.dtype not in (torch.int64, torch.int32):
             kind = tokens.dtype if isinstance(tokens, torch.Tensor) else type(tokens).__name__
-            raise NestlearnError(f"{name}: must be an integer tensor of token ids, got {kind}")
+            raise NestlearnError(f"{name}: must be a tensor of token ids (torch.int64 or torch.int32), got {kind}")
         if tokens.ndim != 2 or tokens.shape[0] == 0 or tokens.shape[1] == 0:
             raise NestlearnError(f"{name}: must have shape (batch, seq) with batch >= 1 and seq >= 1, "
                                  f"got {tuple(tokens.shape)}")
