@@ -153,3 +153,15 @@ def test_only_our_own_temporary_files_are_removed(tmp_path):
     assert sorted(p.name for p in removed) == sorted(ours)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(others + [".checkpoint.safetensors.dir12345.tmp"])
     assert remove_stale_temp_files(tmp_path / "missing") == []
+
+
+def test_saving_a_state_removes_the_leftovers_of_its_own_killed_writes(tmp_path):
+    from nestlearn.models.lm import CausalLM, model_config_from_dict
+    from nestlearn.stateful import save_state
+
+    model = CausalLM(model_config_from_dict({"family": "transformer", "vocab_size": 8, "d_model": 8, "n_layers": 1,
+                                             "n_heads": 2, "max_seq_len": 8}))
+    (tmp_path / ".s.st.abcd1234.tmp").write_bytes(b"x")
+    (tmp_path / ".other.st.abcd1234.tmp").write_bytes(b"x")
+    save_state(tmp_path / "s.st", model, model.init_state(1))
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.st.abcd1234.tmp", "s.st"]

@@ -23,7 +23,7 @@ import torch
 
 from nestlearn.errors import CheckpointError, ConfigError, NestlearnError, check_choice
 from nestlearn.models.lm import CausalLM, LMState, model_config_to_dict
-from nestlearn.train.checkpoint import load_checkpoint, save_checkpoint
+from nestlearn.train.checkpoint import load_checkpoint, remove_stale_temp_files, save_checkpoint
 
 POLICIES = ("carry", "reset", "separator")
 STATE_KIND = "nestlearn-state"
@@ -40,6 +40,9 @@ def model_fingerprint(model: CausalLM) -> str:
 
 def save_state(path: str | Path, model: CausalLM, state: LMState, info: dict | None = None) -> Path:
     """Write ``state`` (every tensor materialised, batch axis kept) atomically to a safetensors file."""
+    path = Path(path)
+    # What a killed earlier write of this same file left behind (the file itself is replaced below).
+    remove_stale_temp_files(path.parent, path.name)
     tensors = {k: v.detach().clone() for k, v in state.flat().items()}
     meta = {"kind": STATE_KIND, "pos": state.pos, "n_layers": len(state.layers),
             "family": model.config.family, "model_sha256": model_fingerprint(model), **(info or {})}
