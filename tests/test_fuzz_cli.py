@@ -121,6 +121,8 @@ CASES = [
     (["eval", "{run}", "--data", "{new}"], "data.source: path not found"),
     (["eval", "{run}", "--data", "{binary}"], "looks binary"),
     (["eval", "{run}", "--data", "{empty_txt}"], "no text found"),
+    (["eval", "{run}", "--data", ""], "data.source: must be 'kjv', a path, or hf:NAME"),
+    (["eval", "{run}", "--device", "meta"], "--device: must be cpu, cuda or cuda:N, got 'meta'"),
     (["eval", "{run}", "--device", "tpu"], "--device: must be cpu, cuda or cuda:N, got 'tpu'"),
     (["eval", "{run}", "--device", "cuda:99"], "--device: 'cuda:99'"),
     # -- generate

@@ -7,6 +7,7 @@ User errors (a bad config value, a missing file, a corrupt checkpoint) print one
 from __future__ import annotations
 
 import argparse
+import codecs
 import json
 import sys
 from pathlib import Path
@@ -47,13 +48,13 @@ def _device(flag: str, name: str) -> torch.device:
     try:
         device = torch.device(name)
     except (RuntimeError, ValueError):
-        raise ConfigError(flag, f"must be cpu, cuda or cuda:N, got {name!r}") from None
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise ConfigError(flag, f"must be cpu, cuda or cuda:N, got {name!r}")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(flag, f"{name!r} asks for CUDA, which is not available on this machine; use cpu")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
         raise ConfigError(flag, f"{name!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    if device.type not in ("cpu", "cuda"):
-        raise ConfigError(flag, f"must be cpu, cuda or cuda:N, got {name!r}")
     return device
 
 
@@ -177,7 +178,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     check_positive("--batch-size", args.batch_size)
     model, tokenizer, meta = load_model(args.checkpoint, _device("--device", args.device))
     data = dict(meta["config"]["data"])
-    if args.data:
+    if args.data is not None:
         data["source"] = args.data
     from nestlearn.config import from_dict
 
@@ -216,8 +217,6 @@ def cmd_generate(args: argparse.Namespace) -> None:
 def cmd_learn(args: argparse.Namespace) -> None:
     from nestlearn.stateful import learn, load_state, save_state
     from nestlearn.train.trainer import load_model
-
-    import codecs
 
     separator_bytes = None
     if args.separator is not None:
