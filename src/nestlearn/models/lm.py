@@ -269,9 +269,9 @@ class CausalLM(nn.Module):
 
         Args:
             prompt: (batch, prompt_len) ids, prompt_len >= 1.
-            max_new_tokens: number of tokens to append.
-            temperature: 0 means greedy decoding.
-            top_k: sample among the k most likely tokens only.
+            max_new_tokens: number of tokens to append, >= 0.
+            temperature: 0 means greedy decoding; finite.
+            top_k: sample among the k most likely tokens only, 1 <= k <= vocab_size.
             generator: RNG for sampling.
             state: state to continue from (e.g. a stream already read); None starts fresh.
 
