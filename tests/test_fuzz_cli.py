@@ -202,6 +202,12 @@ CASES = [
     (["info", "{empty_file}"], "is not a readable checkpoint (corrupt or truncated?)"),
     (["info", "{notes}"], "is not a readable checkpoint (corrupt or truncated?)"),
     (["info", "{plain_safetensors}"], "is a safetensors file but not a nestlearn checkpoint"),
+    (["info", "{bad_json}"], "corrupt metadata"),
+    (["info", "{list_meta}"], "corrupt metadata: expected a JSON object, got list"),
+    (["eval", "{list_meta}"], "corrupt metadata: expected a JSON object, got list"),
+    (["generate", "{no_tokenizer}"], "metadata has no tokenizer description"),
+    (["learn", "{no_tokenizer}", "--text", "{notes}", "--state", "{new}.st"], "metadata has no tokenizer description"),
+    (["train", "--resume", "{bad_json}"], "corrupt metadata"),
     # -- convert
     (["convert", "{new}", "{new}.out"], "checkpoint not found"),
     (["convert", "{garbage}", "{new}.out"], "is not a readable checkpoint (corrupt or truncated?)"),
@@ -257,6 +263,12 @@ def workspace(tmp_path_factory):
 
     save_file({"w": torch.zeros(2)}, str(root / "plain.safetensors"))
     p["plain_safetensors"] = root / "plain.safetensors"
+    for name, header in (("bad_json", "{not json"), ("list_meta", "[1, 2]")):
+        save_file({"w": torch.zeros(2)}, str(root / f"{name}.safetensors"), metadata={"nestlearn": header})
+        p[name] = root / f"{name}.safetensors"
+    ckpt_tensors, ckpt_meta = load_checkpoint(ckpt)
+    p["no_tokenizer"] = save_checkpoint(root / "no_tokenizer.safetensors", ckpt_tensors,
+                                        {k: v for k, v in ckpt_meta.items() if k != "tokenizer"})
     assert meta["kind"] == STATE_KIND
     return p
 
