@@ -27,7 +27,9 @@ from nestlearn.optim import (
 from nestlearn.train.checkpoint import flatten
 from nestlearn.train.config import run_config_from_dict
 
-FAST = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# Few examples, the same every run (derandomize) and no example database written into the tree.
+FAST = settings(max_examples=25, deadline=None, derandomize=True, database=None,
+                suppress_health_check=[HealthCheck.too_slow])
 
 # -- the config parser ------------------------------------------------------------------------------
 
