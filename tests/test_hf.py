@@ -15,6 +15,7 @@ from nestlearn.cli import main
 from nestlearn.data.tokenizer import BPETokenizer, ByteTokenizer
 from nestlearn.errors import ConfigError
 from nestlearn.hf import NestlearnCache, NestlearnConfig, NestlearnForCausalLM
+from nestlearn.hf.modeling import CACHE_FIELD
 from nestlearn.models.lm import CausalLM, model_config_from_dict
 from nestlearn.stateful import learn
 from nestlearn.train.checkpoint import save_checkpoint
@@ -112,10 +113,10 @@ def test_generation_continues_a_learned_state():
     prompt = torch.randint(0, VOCAB, (1, 4))
     native, _ = model.generate(prompt, 6, temperature=0, state=state)
     # transformers' convention for a filled cache: the attention mask spans cache + new tokens.
-    out = hf.generate(prompt, max_new_tokens=6, do_sample=False, past_key_values=NestlearnCache(state),
+    out = hf.generate(prompt, max_new_tokens=6, do_sample=False, **{CACHE_FIELD: NestlearnCache(state)},
                       attention_mask=torch.ones(1, state.pos + 4, dtype=torch.long), return_dict_in_generate=True)
     assert torch.equal(out.sequences, native)
-    assert out.past_key_values.get_seq_length() == state.pos + 4 + 5
+    assert getattr(out, CACHE_FIELD).get_seq_length() == state.pos + 4 + 5
 
 
 def test_bad_input_padding_and_labels():
@@ -167,3 +168,28 @@ def test_convert_round_trip(tmp_path, capsys, family, kind, tiny_text):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and "already exists" in err[0] and err[1].startswith("error: checkpoint not found")
     assert json.loads((tmp_path / "hf" / "config.json").read_text())["model_type"] == "nestlearn"
+
+
+@pytest.mark.parametrize("family", ["transformer", "hope"])
+def test_generate_logs_no_warning(saved, family):
+    """generate on a saved folder (greedy, sampling, beams) says nothing with the installed transformers."""
+    import logging
+
+    from transformers.utils import logging as hf_logging
+
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger = hf_logging.get_logger("transformers")
+    logger.addHandler(handler)
+    # warning_once remembers what it said in this process: forget, so an earlier test cannot hide it.
+    logging.Logger.warning_once.cache_clear()
+    try:
+        hf = AutoModelForCausalLM.from_pretrained(saved[family][1]).eval()
+        prompt = torch.randint(0, VOCAB, (1, 4))
+        hf.generate(prompt, max_new_tokens=3, do_sample=False)
+        hf.generate(prompt, max_new_tokens=3, do_sample=True, top_k=0)
+        hf.generate(prompt, max_new_tokens=3, num_beams=2, do_sample=False)
+    finally:
+        logger.removeHandler(handler)
+    assert [r.getMessage() for r in records if r.levelno >= logging.WARNING] == []

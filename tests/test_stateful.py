@@ -90,6 +90,11 @@ def test_cli_learn_then_generate(tmp_path, tiny_text, capsys):
     assert "2 document(s)" in out and state.exists()
     assert main(["learn", str(run), "--text", str(doc), "--state", str(state)]) == 0
     assert "stream position" in capsys.readouterr().out
+    # A non-ASCII separator is its UTF-8 bytes (escapes aside), not those bytes read as Latin-1.
+    pilcrows = tmp_path / "pilcrows.txt"
+    pilcrows.write_text("one¶two¶three", encoding="utf-8")
+    assert main(["learn", str(run), "--text", str(pilcrows), "--state", str(tmp_path / "p.st"), "--separator", "¶"]) == 0
+    assert "3 document(s)" in capsys.readouterr().out
     assert main(["generate", str(run), "--state", str(state), "--prompt", "The", "--tokens", "5"]) == 0
     assert capsys.readouterr().out.startswith("The")
     assert main(["learn", str(run), "--text", str(tmp_path / "missing.txt"), "--state", str(state)]) == 2

@@ -7,13 +7,14 @@ User errors (a bad config value, a missing file, a corrupt checkpoint) print one
 from __future__ import annotations
 
 import argparse
+import codecs
 import json
 import sys
 from pathlib import Path
 
 import torch
 
-from nestlearn.errors import NestlearnError
+from nestlearn.errors import CheckpointError, ConfigError, NestlearnError, check_positive, check_range
 
 # The main job: a byte-level Transformer++ on the built-in corpus, sized to finish in a few minutes
 # on 2 CPU cores (docs/performance.md has the measured speed).
@@ -24,6 +25,37 @@ DEMO_CONFIG = {
     "train": {"steps": 400, "batch_size": 32, "seq_len": 128, "warmup_steps": 50, "eval_every": 100,
               "eval_tokens": 32768, "ckpt_every": 100, "log_every": 10, "out_dir": "runs/demo"},
 }
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad argument like every other user error: one ``error:`` line, status 2."""
+
+    def error(self, message: str):
+        raise NestlearnError(f"{self.prog}: {message} (see {self.prog} --help)")
+
+
+def _utf8(flag: str, text: str) -> bytes:
+    """``text`` as UTF-8; bytes that are not UTF-8 reach argv as lone surrogates, which are refused."""
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise ConfigError(flag, f"must be UTF-8 text; byte {ord(text[err.start]) & 0xFF:#04x} at position "
+                          f"{err.start} is not") from None
+
+
+def _device(flag: str, name: str) -> torch.device:
+    """A torch device this machine has: 'cpu', 'cuda' or 'cuda:N' (the latter when CUDA is available)."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise ConfigError(flag, f"must be cpu, cuda or cuda:N, got {name!r}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(flag, f"{name!r} asks for CUDA, which is not available on this machine; use cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(flag, f"{name!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return device
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -37,10 +69,12 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 
 def _shortcuts(args: argparse.Namespace) -> list[str]:
     extra = []
-    if args.data:
-        extra.append(f"data.source={args.data}")
-    if args.out:
-        extra.append(f"train.out_dir={args.out}")
+    # Paths stay strings: quoted, "--out 2024" is not the number 2024 and "--data ''" not null. An
+    # empty value is passed on (and refused by the config), not mistaken for an absent option.
+    if args.data is not None:
+        extra.append(f"data.source={json.dumps(args.data)}")
+    if args.out is not None:
+        extra.append(f"train.out_dir={json.dumps(args.out)}")
     return extra + args.overrides
 
 
@@ -54,14 +88,17 @@ def _print_start(cfg, out: Path) -> None:
     print(describe_switches(non_default_switches(cfg.to_dict())), file=sys.stderr)
 
 
-def _train(cfg, resume, allow, progress) -> dict:
+def _train(cfg, resume, allow, progress, banner: str | None = None) -> dict:
     from nestlearn.train import Trainer
     from nestlearn.train.distributed import shutdown
 
-    # Under torchrun every process runs this; rank 0 alone prints.
+    # Under torchrun every process runs this; rank 0 alone prints, once the run has passed every
+    # check (so a bad input prints its error line alone).
     try:
         trainer = Trainer(cfg, resume=resume, allow_config_change=allow, progress=progress)
         if trainer.dist.is_main:
+            if banner:
+                print(banner, file=sys.stderr)
             _print_start(trainer.cfg, trainer.out)
         try:
             return trainer.run()
@@ -99,10 +136,13 @@ def cmd_train(args: argparse.Namespace) -> None:
     overrides = _shortcuts(args)
     if args.resume and not args.config:
         _, meta = load_checkpoint(args.resume)
-        base = meta["config"]
+        base = meta.get("config")
+        if not isinstance(base, dict):
+            raise CheckpointError(f"{args.resume} holds no run config (a state file?); --resume takes a run folder "
+                                  "or its checkpoint")
         resume_dir = Path(args.resume) if Path(args.resume).is_dir() else Path(args.resume).parent
         # stop_at belongs to the invocation that set it, not to the run.
-        overrides = [f"train.out_dir={resume_dir}", "train.stop_at=0"] + overrides
+        overrides = [f"train.out_dir={json.dumps(str(resume_dir))}", "train.stop_at=0"] + overrides
     cfg = load_run_config(args.config, overrides, base=base)
     result = _train(cfg, args.resume, args.allow_config_change, not args.no_progress)
     _print_result(result, Path(cfg.train.out_dir))
@@ -122,9 +162,9 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
         # The demo is a fresh run every time; a real run would be resumed instead.
         shutil.rmtree(out)
-    print(f"nestlearn demo: training a {cfg.model.n_layers}-layer Transformer++ on the King James Bible "
-          f"(bytes) for {cfg.train.steps} steps", file=sys.stderr)
-    result = _train(cfg, None, False, not args.no_progress)
+    banner = (f"nestlearn demo: training a {cfg.model.n_layers}-layer Transformer++ on the King James Bible "
+              f"(bytes) for {cfg.train.steps} steps")
+    result = _train(cfg, None, False, not args.no_progress, banner)
     _print_result(result, out)
 
 
@@ -133,15 +173,18 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from nestlearn.eval.lm import evaluate_bpb
     from nestlearn.train.loading import load_model
 
-    model, tokenizer, meta = load_model(args.checkpoint, args.device)
+    if args.seq_len is not None:
+        check_positive("--seq-len", args.seq_len)
+    check_positive("--batch-size", args.batch_size)
+    model, tokenizer, meta = load_model(args.checkpoint, _device("--device", args.device))
     data = dict(meta["config"]["data"])
-    if args.data:
+    if args.data is not None:
         data["source"] = args.data
     from nestlearn.config import from_dict
 
     corpus = load_corpus(from_dict(DataConfig, data, prefix="data"))
     ids = torch.from_numpy(tokenizer.encode(corpus.split(args.split)))
-    seq_len = args.seq_len or meta["config"]["train"]["seq_len"]
+    seq_len = args.seq_len if args.seq_len is not None else meta["config"]["train"]["seq_len"]
     if model.config.bounded_context and seq_len > model.config.max_seq_len:
         raise NestlearnError(f"--seq-len {seq_len} exceeds model.max_seq_len={model.config.max_seq_len}")
     res = evaluate_bpb(model, ids, torch.from_numpy(tokenizer.token_bytes), seq_len, args.batch_size)
@@ -153,16 +196,20 @@ def cmd_eval(args: argparse.Namespace) -> None:
 def cmd_generate(args: argparse.Namespace) -> None:
     from nestlearn.train.loading import load_model
 
-    model, tokenizer, _ = load_model(args.checkpoint, args.device)
+    check_positive("--tokens", args.tokens)
+    check_range("--seed", args.seed, 0, 2**63 - 1)
+    prompt_bytes = _utf8("--prompt", args.prompt)
+    device = _device("--device", args.device)
+    model, tokenizer, _ = load_model(args.checkpoint, device)
     state = None
     if args.state:
         from nestlearn.stateful import load_state
 
         state, _ = load_state(args.state, model)
-    prompt = torch.from_numpy(tokenizer.encode(args.prompt.encode("utf-8")))[None].to(args.device)
+    prompt = torch.from_numpy(tokenizer.encode(prompt_bytes))[None].to(device)
     if prompt.shape[1] == 0:
         raise NestlearnError("--prompt must not be empty")
-    gen = torch.Generator(device=args.device).manual_seed(args.seed)
+    gen = torch.Generator(device=device).manual_seed(args.seed)
     ids, _ = model.generate(prompt, args.tokens, args.temperature, args.top_k, gen, state=state)
     print(tokenizer.decode(ids[0].tolist()))
 
@@ -171,17 +218,25 @@ def cmd_learn(args: argparse.Namespace) -> None:
     from nestlearn.stateful import learn, load_state, save_state
     from nestlearn.train.loading import load_model
 
-    model, tokenizer, _ = load_model(args.checkpoint, args.device)
+    separator_bytes = None
+    if args.separator is not None:
+        raw = _utf8("--separator", args.separator)
+        try:
+            separator_bytes = codecs.escape_decode(raw)[0]
+        except ValueError as err:
+            raise ConfigError("--separator", f"{err} in {args.separator!r}; use Python escapes such as \\n, "
+                              "\\t or \\x0c") from None
     text_path = Path(args.text)
     if not text_path.is_file():
         raise NestlearnError(f"--text: file not found: {text_path}")
+    if Path(args.state).is_dir():
+        raise ConfigError("--state", f"{args.state} is a folder; give the path of a state file")
+    model, tokenizer, _ = load_model(args.checkpoint, _device("--device", args.device))
     state = None
     if Path(args.state).exists() and not args.fresh:
         state, _ = load_state(args.state, model)
     ids = torch.from_numpy(tokenizer.encode(text_path.read_bytes()))
-    separator = None
-    if args.separator is not None:
-        separator = torch.from_numpy(tokenizer.encode(args.separator.encode("utf-8").decode("unicode_escape").encode("utf-8")))
+    separator = None if separator_bytes is None else torch.from_numpy(tokenizer.encode(separator_bytes))
     policy = args.policy or ("separator" if separator is not None else "carry")
     state, stats = learn(model, ids, state, args.segment, policy, separator)
     save_state(args.state, model, state, {"text": str(text_path), **stats})
@@ -257,7 +312,7 @@ def cmd_convert(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="nestlearn", description="Nested Learning models: train, evaluate, generate.")
+    parser = _Parser(prog="nestlearn", description="Nested Learning models: train, evaluate, generate.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train a model from a config")
@@ -275,7 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="run folder or checkpoint file")
     p.add_argument("--split", default="validation", choices=("train", "validation", "test"))
     p.add_argument("--data", help="evaluate on another corpus (default: the one it was trained on)")
-    p.add_argument("--seq-len", type=int, default=0, help="window length (default: the training length)")
+    p.add_argument("--seq-len", type=int, help="window length (default: the training length)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -338,8 +393,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
     try:
+        args = build_parser().parse_args(argv)
         args.func(args)
     except NestlearnError as err:
         print(f"error: {err}", file=sys.stderr)

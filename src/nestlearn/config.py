@@ -168,10 +168,15 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         raise ConfigError("--config", f"file not found: {path}")
     try:
         data = parse_yaml(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise ConfigError("--config", f"{path} is not UTF-8 text (byte {err.object[err.start]:#04x} at offset "
+                          f"{err.start}); a config is a YAML file") from None
     except yaml.YAMLError as err:
-        raise ConfigError("--config", f"{path} is not valid YAML: {err}") from None
+        # PyYAML's message spans several lines (problem, context, a caret under the line).
+        raise ConfigError("--config", f"{path} is not valid YAML: {' '.join(str(err).split())}") from None
     if data is None:
-        return {}
+        # An empty file is more likely a mistake than a request for every default (a long run).
+        raise ConfigError("--config", f"{path} is empty; expected a mapping with sections model, data, optim, train")
     if not isinstance(data, dict):
         raise ConfigError("--config", f"{path} must hold a mapping of sections, got {type(data).__name__}")
     return data

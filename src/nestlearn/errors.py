@@ -35,6 +35,10 @@ class CheckpointError(NestlearnError):
     """A checkpoint is missing, corrupt or does not match the requested model."""
 
 
+class NonFiniteGradientError(NestlearnError):
+    """An optimizer was asked to step with an inf or NaN gradient; nothing was changed."""
+
+
 def check_positive(field: str, value: Any, *, allow_zero: bool = False) -> None:
     """Raise :class:`ConfigError` unless ``value`` is > 0 (or >= 0 with ``allow_zero``)."""
     ok = value >= 0 if allow_zero else value > 0

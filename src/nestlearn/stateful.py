@@ -23,7 +23,7 @@ import torch
 
 from nestlearn.errors import CheckpointError, ConfigError, NestlearnError, check_choice
 from nestlearn.models.lm import CausalLM, LMState, model_config_to_dict
-from nestlearn.train.checkpoint import load_checkpoint, save_checkpoint
+from nestlearn.train.checkpoint import load_checkpoint, remove_stale_temp_files, save_checkpoint
 
 POLICIES = ("carry", "reset", "separator")
 STATE_KIND = "nestlearn-state"
@@ -40,6 +40,9 @@ def model_fingerprint(model: CausalLM) -> str:
 
 def save_state(path: str | Path, model: CausalLM, state: LMState, info: dict | None = None) -> Path:
     """Write ``state`` (every tensor materialised, batch axis kept) atomically to a safetensors file."""
+    path = Path(path)
+    # What a killed earlier write of this same file left behind (the file itself is replaced below).
+    remove_stale_temp_files(path.parent, path.name)
     tensors = {k: v.detach().clone() for k, v in state.flat().items()}
     meta = {"kind": STATE_KIND, "pos": state.pos, "n_layers": len(state.layers),
             "family": model.config.family, "model_sha256": model_fingerprint(model), **(info or {})}
@@ -48,12 +51,14 @@ def save_state(path: str | Path, model: CausalLM, state: LMState, info: dict | N
 
 def load_state(path: str | Path, model: CausalLM) -> tuple[LMState, dict]:
     """Read a state written by :func:`save_state` for this very model; anything else is an error."""
-    tensors, meta = load_checkpoint(path)
+    if not Path(path).is_file():
+        raise CheckpointError(f"state file not found: {path}")
+    tensors, meta = load_checkpoint(path, what="state file")
     if meta.get("kind") != STATE_KIND:
         raise CheckpointError(f"{path} is not a nestlearn state file (it is a {meta.get('kind', 'model checkpoint')})")
-    if meta["model_sha256"] != model_fingerprint(model):
-        raise CheckpointError(f"{path} was written by another model ({meta['family']}, fingerprint "
-                              f"{meta['model_sha256'][:12]}); a state only fits the model that produced it")
+    if meta.get("model_sha256") != model_fingerprint(model):
+        raise CheckpointError(f"{path} was written by another model ({meta.get('family')}, fingerprint "
+                              f"{str(meta.get('model_sha256'))[:12]}); a state only fits the model that produced it")
     device = next(model.parameters()).device
     return LMState.from_flat(meta["pos"], meta["n_layers"], {k: v.to(device) for k, v in tensors.items()}), meta
 

@@ -92,12 +92,21 @@ def load_corpus(cfg: DataConfig) -> Corpus:
     if path.is_dir() and ((path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists()):
         return _check_nonempty(_load_hf(str(path), cfg.text_field, on_disk=True), str(path))
     files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in TEXT_SUFFIXES)
-    data = b"".join(p.read_bytes() for p in files)
+    data = b"".join(_read_text_file(p) for p in files)
     if not data:
         raise DataError(f"data.source={path}: no text found (empty file, or a folder without text files)")
     train, val, test = _contiguous_split(data)
     info = {"source": str(path), "files": len(files), "split": "contiguous 90/5/5"}
     return _check_nonempty(Corpus(train, val, test, info), str(path))
+
+
+def _read_text_file(path: Path) -> bytes:
+    """The bytes of a corpus file; a NUL byte in its first 8 KiB (git's test) marks a binary file, refused."""
+    data = path.read_bytes()
+    nul = data.find(b"\0", 0, 8192)
+    if nul >= 0:
+        raise DataError(f"data.source: {path} looks binary (a NUL byte at offset {nul}); a corpus must be text files")
+    return data
 
 
 def _load_hf(name: str, text_field: str, on_disk: bool) -> Corpus:

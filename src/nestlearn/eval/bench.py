@@ -10,6 +10,7 @@ formal-language or Chomsky task. The run folder receives ``result.json``, ``resu
 from __future__ import annotations
 
 import json
+import math
 import platform
 import time
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ from tqdm.auto import tqdm
 
 from nestlearn.config import from_dict
 from nestlearn.data.synthetic import derive_seed, generate
-from nestlearn.errors import ConfigError
+from nestlearn.errors import ConfigError, check_positive, check_range
 from nestlearn.eval.tasks import fit_task, task_accuracy, task_model
 from nestlearn.models.lm import families
 
@@ -53,6 +54,20 @@ class BenchSpec:
     test_size: int = 256
     seed: int = 0
 
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` naming the ``nestlearn bench`` option that is out of range."""
+        for flag, value in (("--steps", self.steps), ("--batch-size", self.batch_size), ("--d-model", self.d_model),
+                            ("--n-layers", self.n_layers), ("--test-size", self.test_size)):
+            check_positive(flag, value)
+        check_range("--seed", self.seed, 0, 2**63 - 1)
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ConfigError("--lr", f"must be a finite number > 0, got {self.lr!r}")
+        registry = families()
+        unknown = [m for m in self.models if m not in registry]
+        if unknown or not self.models:
+            raise ConfigError("--models", f"unknown families {unknown or list(self.models)}; allowed: "
+                              f"{', '.join(sorted(registry))}")
+
     def settings(self) -> list[dict[str, Any]]:
         if not self.eval_name:
             return [dict(self.train_params)]
@@ -65,14 +80,14 @@ def setting_label(spec: BenchSpec, setting: dict[str, Any]) -> str:
 
 def run_bench(spec: BenchSpec, out: str | Path, progress: bool = True) -> dict[str, Any]:
     """Train and score every family of ``spec``; write the run folder; return the result."""
+    spec.validate()
     registry = families()
-    unknown = [m for m in spec.models if m not in registry]
-    if unknown:
-        raise ConfigError("--models", f"unknown families {unknown}; allowed: {', '.join(sorted(registry))}")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     settings = spec.settings()
     tests = [generate(spec.task, spec.test_size, derive_seed(spec.seed, "test"), **s) for s in settings]
+    generate(spec.task, 1, 0, **spec.train_params)  # the training parameters alone, which --eval may hide above
+    # After every check and the test sets: a bad option writes nothing.
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
     longest = max(t.inputs.shape[1] for t in tests)
     train_seed = derive_seed(spec.seed, "train")
     result: dict[str, Any] = {"spec": {**spec.__dict__, "models": list(spec.models)}, "models": {},

@@ -8,7 +8,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from nestlearn.errors import ConfigError, check_positive
+from nestlearn.errors import ConfigError, DataError, check_positive
 from nestlearn.models.lm import CausalLM
 
 
@@ -32,8 +32,12 @@ def evaluate_bpb(model: CausalLM, ids: torch.Tensor, token_bytes: torch.Tensor, 
     Returns:
         ``bpb`` (nats / (ln 2 · bytes)), ``loss`` (nats per token), ``tokens`` and ``bytes`` scored.
     """
+    check_positive("seq_len", seq_len)
+    check_positive("batch_size", batch_size)
     device = next(model.parameters()).device
     n_targets = len(ids) - 1 if max_tokens <= 0 else min(len(ids) - 1, max_tokens)
+    if n_targets < 1:
+        raise DataError(f"nothing to score: the split has {len(ids)} token(s); bits per byte need at least 2")
     token_bytes = token_bytes.to(device)
     was_training = model.training
     model.eval()

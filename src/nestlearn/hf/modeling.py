@@ -11,7 +11,7 @@ The generation cache is :class:`NestlearnCache`: it holds the model's whole fast
 hybrid and attention families, the stream position), so each decoding step feeds only the new token
 and a recurrent family costs the same per token at any context length.
 
-Tested with transformers 4.57.3 and 5.23.0. The cache is a ``transformers.Cache`` subclass passed
+Tested with transformers 4.57.3, 5.23.0 and 5.25.0. The cache is a ``transformers.Cache`` subclass passed
 as ``past_key_values``; ``generate`` does not create one (``_supports_default_dynamic_cache`` is
 False), the first forward call does. The model is marked stateful: transformers then refuses assisted
 decoding, whose rollback a recurrent state cannot do.
@@ -47,6 +47,9 @@ from nestlearn.models.lm import (
 )
 
 MODEL_TYPE = "nestlearn"
+# transformers 5.24 renamed the output field past_key_values to cache and warns whenever the old
+# name is used; the cache goes into whichever field this version declares.
+CACHE_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
 
 
 class NestlearnConfig(PretrainedConfig):
@@ -96,10 +99,11 @@ class NestlearnCache(Cache):
 
     To generate after a state of ``state.pos`` tokens, pass it with the new prompt and, following
     transformers 5.x's convention for a filled cache, an attention mask covering both:
-    ``generate(prompt, past_key_values=NestlearnCache(state), attention_mask=torch.ones(batch,
-    state.pos + prompt_len, dtype=torch.long))``.
+    ``generate(prompt, cache=NestlearnCache(state), attention_mask=torch.ones(batch,
+    state.pos + prompt_len, dtype=torch.long))`` (``past_key_values=`` before transformers 5.24,
+    the name :data:`CACHE_FIELD` holds).
 
-    ``generate`` passes it between steps as ``past_key_values``; the model replaces ``state`` after
+    ``generate`` passes it between steps as ``cache`` (``past_key_values``); the model replaces ``state`` after
     every forward call. For families with a bounded context it also keeps the last
     ``max_seq_len`` token ids, so decoding past ``max_seq_len`` continues with the sliding window of
     :meth:`CausalLM.generate`. Beam search reorders it along the batch axis; it cannot be cropped
@@ -263,7 +267,7 @@ class NestlearnForCausalLM(PreTrainedModel, GenerationMixin):
         if labels is not None:
             loss = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]),
                                    labels[:, 1:].reshape(-1).to(logits.device), ignore_index=-100)
-        output = CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=cache if use_cache else None)
+        output = CausalLMOutputWithPast(loss=loss, logits=logits, **{CACHE_FIELD: cache if use_cache else None})
         return output if return_dict is not False else output.to_tuple()
 
 

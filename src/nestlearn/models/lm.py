@@ -109,7 +109,7 @@ def model_config_from_dict(data: dict[str, Any]) -> LMConfig:
     data = dict(data)
     name = data.pop("family", "transformer")
     registry = families()
-    if name not in registry:
+    if not isinstance(name, str) or name not in registry:
         raise ConfigError("model.family", f"must be one of {', '.join(sorted(registry))}, got {name!r}")
     return from_dict(registry[name], data, prefix="model")
 
@@ -218,6 +218,7 @@ class CausalLM(nn.Module):
         families ignore it. ``keep_state=False`` returns no state (``state`` None) and lets the
         blocks skip the writes only that state would hold; the logits and the loss are unchanged.
         """
+        self.check_tokens(tokens)
         pos = 0 if state is None else state.pos
         if self.config.bounded_context and pos + tokens.shape[1] > self.config.max_seq_len:
             raise NestlearnError(
@@ -245,6 +246,21 @@ class CausalLM(nn.Module):
             loss = F.cross_entropy(logits.float().view(-1, logits.shape[-1]), targets.reshape(-1))
         return LMOutput(logits, loss, LMState(pos + tokens.shape[1], new_states) if keep_state else None)
 
+    def check_tokens(self, tokens: torch.Tensor, name: str = "tokens") -> None:
+        """Raise :class:`NestlearnError` unless ``tokens`` is a (batch, seq) int64 or int32 tensor,
+        batch and seq >= 1, of ids in [0, vocab_size)."""
+        if not isinstance(tokens, torch.Tensor) or tokens.dtype not in (torch.int64, torch.int32):
+            kind = tokens.dtype if isinstance(tokens, torch.Tensor) else type(tokens).__name__
+            raise NestlearnError(f"{name}: must be a tensor of token ids (torch.int64 or torch.int32), got {kind}")
+        if tokens.ndim != 2 or tokens.shape[0] == 0 or tokens.shape[1] == 0:
+            raise NestlearnError(f"{name}: must have shape (batch, seq) with batch >= 1 and seq >= 1, "
+                                 f"got {tuple(tokens.shape)}")
+        low, high = (int(v) for v in torch.aminmax(tokens))
+        if low < 0 or high >= self.config.vocab_size:
+            bad = low if low < 0 else high
+            raise NestlearnError(f"{name}: ids must lie in [0, {self.config.vocab_size - 1}] "
+                                 f"(model.vocab_size={self.config.vocab_size}), got {bad}")
+
     @torch.no_grad()
     def generate(self, prompt: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
                  top_k: int | None = None, generator: torch.Generator | None = None,
@@ -253,9 +269,9 @@ class CausalLM(nn.Module):
 
         Args:
             prompt: (batch, prompt_len) ids, prompt_len >= 1.
-            max_new_tokens: number of tokens to append.
-            temperature: 0 means greedy decoding.
-            top_k: sample among the k most likely tokens only.
+            max_new_tokens: number of tokens to append, >= 0.
+            temperature: 0 means greedy decoding; finite.
+            top_k: sample among the k most likely tokens only, 1 <= k <= vocab_size.
             generator: RNG for sampling.
             state: state to continue from (e.g. a stream already read); None starts fresh.
 
@@ -269,8 +285,12 @@ class CausalLM(nn.Module):
         """
         if temperature < 0:
             raise ConfigError("temperature", f"must be >= 0, got {temperature}")
-        if top_k is not None and top_k <= 0:
-            raise ConfigError("top_k", f"must be > 0, got {top_k}")
+        if not math.isfinite(temperature):
+            raise ConfigError("temperature", f"must be a finite number >= 0, got {temperature}")
+        if top_k is not None and not 0 < top_k <= self.config.vocab_size:
+            raise ConfigError("top_k", f"must lie in [1, {self.config.vocab_size}] (the vocabulary), got {top_k}")
+        if max_new_tokens < 0:
+            raise ConfigError("max_new_tokens", f"must be >= 0, got {max_new_tokens}")
         out = self(prompt, state=state)
         tokens = [prompt]
         logits, state = out.logits[:, -1], out.state

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from nestlearn.errors import ConfigError, check_positive, check_range
+from nestlearn.errors import ConfigError, NonFiniteGradientError, check_positive, check_range
 
 
 def check_number(field: str, value: Any) -> None:
@@ -145,12 +145,53 @@ def require_matrices(owner: str, group: dict[str, Any]) -> None:
             )
 
 
+def is_dtensor(tensor: object) -> bool:
+    """Whether ``tensor`` is a DTensor (a parameter, gradient or state sharded by FSDP2)."""
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # torch < 2.5, or a build without torch.distributed
+        return False
+    return isinstance(tensor, DTensor)
+
+
+def _full(tensor: Tensor) -> Tensor:
+    """The whole tensor of an FSDP2 DTensor (gathered from every rank); a plain tensor as it is."""
+    return tensor.full_tensor() if is_dtensor(tensor) else tensor
+
+
+def check_finite_gradients(owner: str, groups: list[dict[str, Any]]) -> None:
+    """Raise :class:`NonFiniteGradientError` naming the first parameter whose gradient holds inf or NaN.
+
+    One entry is enough to refuse: Newton–Schulz, a Frobenius norm or a running sum spreads it over
+    the whole matrix and the optimiser state, so the step would turn every weight NaN for good. The
+    check reads one flag per parameter and synchronises once.
+    """
+    pairs = [(group, p) for group in groups for p in group["params"] if p.grad is not None]
+    if not pairs:
+        return
+    flags = [_full(torch.isfinite(p.grad).all()) for _, p in pairs]
+    if bool(torch.stack([f.to(flags[0].device) for f in flags]).all()):
+        return
+    group, param = next(pair for pair, ok in zip(pairs, flags) if not bool(ok))
+    grad = _full(param.grad)
+    n_nan, n_inf = int(grad.isnan().sum()), int(grad.isinf().sum())
+    raise NonFiniteGradientError(
+        f"{owner}: parameter {param_label(group, param)} has a non-finite gradient ({n_inf} inf and {n_nan} "
+        f"NaN of {grad.numel()} entries); the step was refused and no parameter or state changed. Lower the "
+        "learning rate, clip or check the loss, or skip this batch")
+
+
 class PerParamOptimizer(Optimizer):
     """Base of the nestlearn optimisers: named parameters on every torch >= 2.4, and the step loop.
 
     ``params`` may hold ``(name, tensor)`` pairs, in groups or not, on every supported torch version
     (see :func:`split_param_names`); the names appear in error messages. Subclasses implement
     :meth:`update`, which :meth:`step` calls under ``no_grad`` for every parameter with a gradient.
+
+    Non-finite gradients: before anything changes, :meth:`step` checks every gradient and raises
+    :class:`~nestlearn.errors.NonFiniteGradientError` naming the first parameter with an inf or NaN
+    entry (:func:`check_finite_gradients`); parameters and state are left as they were, so the
+    caller may skip the batch and step again.
     """
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -165,6 +206,7 @@ class PerParamOptimizer(Optimizer):
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """Apply one update to every parameter with a gradient; returns the closure's loss if given."""
         loss = evaluate_closure(closure)
+        check_finite_gradients(type(self).__name__, self.param_groups)
         for group in self.param_groups:
             for param in group["params"]:
                 if param.grad is not None:

@@ -80,6 +80,10 @@ class DGD(PerParamOptimizer):
     (``group["rule"] == "sgd"``). Pass ``params`` to restrict which parameters this optimiser
     updates at all (for example to leave embeddings to another optimiser).
 
+    Non-finite gradients: a gradient with one inf or NaN entry makes ``step`` raise
+    :class:`~nestlearn.errors.NonFiniteGradientError` naming the parameter, before any parameter
+    or state changes (the weight would keep it and pass it to every later output); skip the batch or lower the learning rate and step again.
+
     Args:
         model: the model; its ``nn.Linear`` modules are found with ``model.modules()``.
         lr: η >= 0.

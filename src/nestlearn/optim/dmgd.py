@@ -48,6 +48,14 @@ def memory_grads(rows: Tensor, w_in: Tensor, w_out: Tensor, activation: str) -> 
     return grad_in, grad_out
 
 
+def frobenius_norm(matrix: Tensor) -> Tensor:
+    """‖matrix‖_F without overflow: entries of 1e30 square past float32's range, so where the plain
+    norm is inf it is taken of matrix / max|entry| and scaled back (elsewhere it is the plain norm)."""
+    norm = torch.linalg.matrix_norm(matrix)
+    peak = matrix.abs().amax().clamp_min(torch.finfo(matrix.dtype).tiny)
+    return torch.where(torch.isinf(norm), torch.linalg.matrix_norm(matrix / peak) * peak, norm)
+
+
 class DMGD(PerParamOptimizer):
     """Deep Momentum GD, Eq 50 of NL-L (NL-N Eq 23), with the L2 internal objective of D21.
 
@@ -73,6 +81,10 @@ class DMGD(PerParamOptimizer):
 
     State per parameter: ``w_in`` (hidden × cols, Gaussian with std 1/sqrt(hidden), drawn from a
     generator seeded by ``seed`` and the parameter's position), ``w_out`` (cols × hidden, zero).
+
+    Non-finite gradients: a gradient with one inf or NaN entry makes ``step`` raise
+    :class:`~nestlearn.errors.NonFiniteGradientError` naming the parameter, before any parameter
+    or state changes (the Frobenius norm and the memory MLP would spread it to every row); skip the batch or lower the learning rate and step again.
 
     Args:
         params: parameters or param groups; any shape.
@@ -136,7 +148,7 @@ class DMGD(PerParamOptimizer):
         if not state:
             state.update(self._init_memory(param, group))
         grad = as_matrix(param.grad)
-        norm = torch.linalg.matrix_norm(grad)
+        norm = frobenius_norm(grad)
         rows = grad / norm.clamp_min(torch.finfo(grad.dtype).tiny)
         w_in, w_out = state["w_in"], state["w_out"]
         grad_in, grad_out = memory_grads(rows, w_in, w_out, group["activation"])

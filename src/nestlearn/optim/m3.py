@@ -101,6 +101,10 @@ class M3(PerParamOptimizer):
     kernels with ndim > 2 are viewed as (out, in·∏kernel); ndim < 2 raises.
     State per parameter: ``M1``, ``M2``, ``V``, ``O2``, ``chunk_sum`` and the integer ``step``.
 
+    Non-finite gradients: a gradient with one inf or NaN entry makes ``step`` raise
+    :class:`~nestlearn.errors.NonFiniteGradientError` naming the parameter, before any parameter
+    or state changes (Newton–Schulz and the running sum V would keep it for good); skip the batch or lower the learning rate and step again.
+
     Args:
         params: parameters or param groups (``(name, tensor)`` pairs give better error messages).
         lr: η >= 0. Provisional default (D19); tune per task.

@@ -120,6 +120,10 @@ class DeltaMomentum(_MomentumBase):
     Any tensor shape is accepted: matrices are used as they are, kernels with ndim > 2 as
     (out, in·∏kernel), vectors and scalars as one row.
 
+    Non-finite gradients: a gradient with one inf or NaN entry makes ``step`` raise
+    :class:`~nestlearn.errors.NonFiniteGradientError` naming the parameter, before any parameter
+    or state changes (the Gram term spreads it over the momentum matrix); skip the batch or lower the learning rate and step again.
+
     Args:
         params: parameters or param groups.
         lr: η >= 0 (inside the momentum, as in Eq 49).
@@ -181,6 +185,10 @@ class PreconditionedMomentum(_MomentumBase):
     Frequency: one write per optimiser step. With ``preconditioner="identity"`` this is classical
     heavy-ball momentum; the default ``"rms"`` uses a diagonal P = diag(1/(√v̂ + ε)) (D21), which
     makes the memory store Adam-normalised gradients.
+
+    Non-finite gradients: a gradient with one inf or NaN entry makes ``step`` raise
+    :class:`~nestlearn.errors.NonFiniteGradientError` naming the parameter, before any parameter
+    or state changes (the momentum would keep it for good); skip the batch or lower the learning rate and step again.
 
     Args:
         params: parameters or param groups; any shape.

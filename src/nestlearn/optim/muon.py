@@ -15,6 +15,7 @@ from nestlearn.optim._common import (
     check_float_dtype,
     check_nonneg,
     check_unit,
+    is_dtensor,
     require_matrices,
 )
 from nestlearn.optim.newton_schulz import NS_COEFFICIENTS, NS_STEPS, newton_schulz, validate_ns_args
@@ -37,15 +38,6 @@ def muon_scale(rows: int, cols: int, mode: str) -> float:
     if mode == "rms":
         return 0.2 * math.sqrt(max(rows, cols))
     return 1.0
-
-
-def is_dtensor(tensor: object) -> bool:
-    """Whether ``tensor`` is a DTensor (a parameter, gradient or state sharded by FSDP2)."""
-    try:
-        from torch.distributed.tensor import DTensor
-    except ImportError:  # torch < 2.5, or a build without torch.distributed
-        return False
-    return isinstance(tensor, DTensor)
 
 
 def orthogonalise(matrix: Tensor, steps: int, coefficients: tuple[float, float, float],
@@ -88,6 +80,10 @@ class Muon(PerParamOptimizer):
     Only matrices are accepted: tensors with ndim > 2 (convolution kernels) are orthogonalised as
     (out, in·∏kernel) matrices; a tensor with ndim < 2 raises ``ValueError`` naming it. Use
     :func:`nestlearn.optim.route_parameters` to send embeddings, heads, norms and biases to AdamW.
+
+    Non-finite gradients: a gradient with one inf or NaN entry makes ``step`` raise
+    :class:`~nestlearn.errors.NonFiniteGradientError` naming the parameter, before any parameter
+    or state changes (Newton–Schulz would spread it over the whole matrix and the momentum); skip the batch or lower the learning rate and step again.
 
     Args:
         params: parameters or param groups (``(name, tensor)`` pairs give better error messages).

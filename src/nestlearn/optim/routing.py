@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from nestlearn.optim._common import evaluate_closure, split_param_names
+from nestlearn.optim._common import PerParamOptimizer, check_finite_gradients, evaluate_closure, split_param_names
 
 NO_MUON_ATTR = "_nestlearn_no_muon"
 """Set this attribute to True on a parameter (or on a module, for all its own parameters) to send
@@ -201,8 +201,15 @@ class CombinedOptimizer(Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        """Evaluate ``closure`` (if given) once, then step every child; returns the closure's loss."""
+        """Evaluate ``closure`` (if given) once, then step every child; returns the closure's loss.
+
+        The nestlearn children's gradients are checked first, so a refused step
+        (:class:`~nestlearn.errors.NonFiniteGradientError`) leaves every child untouched, AdamW included.
+        """
         loss = evaluate_closure(closure)
+        for optimizer in self.optimizers:
+            if isinstance(optimizer, PerParamOptimizer):
+                check_finite_gradients(type(optimizer).__name__, optimizer.param_groups)
         for optimizer in self.optimizers:
             optimizer.step()
         return loss

@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -94,13 +95,39 @@ def save_checkpoint(path: str | Path, tensors: dict[str, torch.Tensor], meta: di
     return path
 
 
-def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
-    """Read a checkpoint written by :func:`save_checkpoint`; errors name the file and the problem."""
+def _temp_pattern(name: str) -> re.Pattern:
+    """Names :func:`save_checkpoint`'s ``mkstemp`` gives the temporary file of target ``name``:
+    "." + name + "." + 8 characters of tempfile's alphabet + ".tmp"."""
+    return re.compile(rf"\.{re.escape(name)}\.[a-z0-9_]{{8}}\.tmp")
+
+
+def remove_stale_temp_files(folder: str | Path, name: str = "checkpoint.safetensors") -> list[Path]:
+    """Delete what a killed :func:`save_checkpoint` of ``folder/name`` left behind; returns the paths.
+
+    A process killed between ``mkstemp`` and the rename keeps a checkpoint-sized temporary file; only
+    files whose name is exactly that temporary name for ``name`` are removed, nothing else in ``folder``.
+    Call it when a run starts or resumes, never while another process may be writing that checkpoint.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    pattern = _temp_pattern(name)
+    stale = [p for p in folder.iterdir() if pattern.fullmatch(p.name) and p.is_file() and not p.is_symlink()]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
+
+
+def load_checkpoint(path: str | Path, what: str = "checkpoint") -> tuple[dict[str, torch.Tensor], dict]:
+    """Read a checkpoint written by :func:`save_checkpoint`; errors name the file and the problem.
+
+    ``what`` names the file in those errors (``"state file"`` for :func:`nestlearn.stateful.load_state`).
+    """
     path = Path(path)
     if path.is_dir():
         path = path / "checkpoint.safetensors"
     if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
+        raise CheckpointError(f"{what} not found: {path}")
     try:
         from safetensors import safe_open
 
@@ -108,11 +135,13 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
             header = fh.metadata() or {}
         tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError, RuntimeError) as err:
-        raise CheckpointError(f"{path} is not a readable checkpoint (corrupt or truncated?): {err}") from None
+        raise CheckpointError(f"{path} is not a readable {what} (corrupt or truncated?): {err}") from None
     if META_KEY not in header:
-        raise CheckpointError(f"{path} is a safetensors file but not a nestlearn checkpoint (no '{META_KEY}' metadata)")
+        raise CheckpointError(f"{path} is a safetensors file but not a nestlearn {what} (no '{META_KEY}' metadata)")
     try:
         meta = json.loads(header[META_KEY])
     except json.JSONDecodeError as err:
         raise CheckpointError(f"{path}: corrupt metadata: {err}") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path}: corrupt metadata: expected a JSON object, got {type(meta).__name__}")
     return tensors, meta

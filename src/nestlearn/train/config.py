@@ -77,11 +77,15 @@ class TrainConfig:
     def validate(self) -> None:
         for name in ("steps", "batch_size", "seq_len", "grad_accum", "eval_every", "ckpt_every", "log_every"):
             check_positive(f"train.{name}", getattr(self, name))
-        for name in ("seed", "stop_at", "warmup_steps", "eval_tokens", "sample_tokens", "threads", "grad_clip"):
+        # torch.manual_seed takes a 64-bit integer.
+        check_range("train.seed", self.seed, 0, 2**63 - 1)
+        for name in ("stop_at", "warmup_steps", "eval_tokens", "sample_tokens", "threads", "grad_clip"):
             check_positive(f"train.{name}", getattr(self, name), allow_zero=True)
         check_range("train.min_lr_ratio", self.min_lr_ratio, 0.0, 1.0)
         check_choice("train.device", self.device, ("auto", "cpu", "cuda"))
         check_choice("train.distributed", self.distributed, MODES)
+        if not self.out_dir:
+            raise ConfigError("train.out_dir", "must be a folder path, got ''")
         if self.stop_at > self.steps:
             raise ConfigError("train.stop_at", f"must be <= train.steps={self.steps}, got {self.stop_at}")
 

@@ -45,5 +45,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Ca
         raise CheckpointError(f"{path}: metadata has no model config") from None
     model = CausalLM(model_cfg)
     load_model_weights(model, tensors, path)
+    if not isinstance(meta.get("tokenizer"), dict):
+        raise CheckpointError(f"{path}: metadata has no tokenizer description")
     tokenizer = tokenizer_from_description(meta["tokenizer"], meta.get("tokenizer_json"))
     return model.to(device).eval(), tokenizer, meta

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from nestlearn.errors import ConfigError
@@ -85,9 +86,18 @@ def truncate_metrics(path: Path, step: int) -> None:
     """Drop metric lines written after ``step`` (by a run that crashed after its last checkpoint)."""
     if not path.exists():
         return
-    lines = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
-    kept = [ln for ln in lines if json.loads(ln)["step"] <= step]
+    lines = [ln for ln in path.read_text(encoding="utf-8", errors="replace").splitlines() if ln.strip()]
+    # A process killed mid-write leaves a torn last line, which is dropped like any later line.
+    kept = [ln for ln in lines if _record_step(ln) <= step]
     path.write_text("".join(ln + "\n" for ln in kept), encoding="utf-8")
+
+
+def _record_step(line: str) -> float:
+    """The step of a metrics line; infinity for a line that is not a JSON record (torn by a kill)."""
+    try:
+        return json.loads(line)["step"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return math.inf
 
 
 def read_metrics(path: str | Path) -> list[dict]:

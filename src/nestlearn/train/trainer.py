@@ -30,8 +30,8 @@ from nestlearn.models.lm import CausalLM, replace_config
 from nestlearn.optim.config import build_optimizer
 from nestlearn.provenance import provenance
 from nestlearn.switches import resolved_switches
-from nestlearn.train.checkpoint import (decode_bytes, encode_bytes, flatten, load_checkpoint, save_checkpoint,
-                                        unflatten)
+from nestlearn.train.checkpoint import (decode_bytes, encode_bytes, flatten, load_checkpoint, remove_stale_temp_files,
+                                        save_checkpoint, unflatten)
 from nestlearn.train.config import OPERATIONAL_FIELDS, RunConfig, config_diff
 from nestlearn.train.distributed import (all_reduce_sum, barrier, broadcast_object, check_optimizer, full_tensor,
                                          gather_full, grad_sync, local_rows, setup,
@@ -302,6 +302,7 @@ class Trainer:
         main = self.dist.is_main
         if main:
             self.out.mkdir(parents=True, exist_ok=True)
+            remove_stale_temp_files(self.out, CHECKPOINT)
             (self.out / "config.yaml").write_text(_yaml_dump(self.cfg.to_dict()), encoding="utf-8")
             if isinstance(self.tokenizer, BPETokenizer):
                 self.tokenizer.save(self.out)

@@ -9,6 +9,7 @@ sizes. Training and test data come from disjoint seed streams: ``derive_seed(see
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -29,7 +30,7 @@ from nestlearn.data.synthetic.induction import INDUCTION_TIERS, induction_heads
 from nestlearn.data.synthetic.mqar import MQAR_TIERS, mqar
 from nestlearn.data.synthetic.niah import NIAH_TASKS, NIAH_TIERS, niah
 from nestlearn.data.synthetic.niah import ranking_batch as niah_ranking_batch
-from nestlearn.errors import check_choice
+from nestlearn.errors import ConfigError, check_choice
 
 Generator = Callable[..., TaskBatch]
 
@@ -57,6 +58,10 @@ TIERS: dict[str, dict[str, Any]] = {
 def generate(name: str, n: int, seed: int, **params: Any) -> TaskBatch:
     """``TASKS[name](n, seed, **params)``; an unknown name raises a ConfigError that lists the task names."""
     check_choice("task", name, sorted(TASKS))
+    allowed = [p for p in inspect.signature(TASKS[name]).parameters if p not in ("n", "seed", "task", "language")]
+    for key in params:
+        if key not in allowed:
+            raise ConfigError(f"{name}.{key}", f"unknown parameter; allowed: {', '.join(allowed)}")
     return TASKS[name](n, seed, **params)
 
 
