@@ -31,7 +31,9 @@ def cms_reference(cms: CMS, x: Tensor, state: State | None = None, pos: int = 0,
     if state is None:
         state = cms.init_state(x.shape[0], x.device, x.dtype)
     st = dict(state)
-    order = cms._apply_order()
+    order = list(range(len(cms.levels)))
+    if cms.cfg.order == "fast_first":
+        order.reverse()
     outs = []
     for t in range(x.shape[1]):
         a = pos + t
@@ -40,7 +42,7 @@ def cms_reference(cms: CMS, x: Tensor, state: State | None = None, pos: int = 0,
         for i in order:
             level = cms.levels[i]
             if level.static:
-                out = level.read(level.initial, inp)
+                out = _level_output(level, dict(level.initial), inp)
             else:
                 out = _reference_level_step(cms, i, st, inp, a, None if u is None else u[i][:, t:t + 1])
             if cms.cfg.variant == "independent":
@@ -60,8 +62,8 @@ def _reference_level_step(cms: CMS, i: int, st: State, inp: Tensor, a: int, u: T
     nested = cms.cfg.variant == "nested" and i > 0
     suffixes = [n[1:] for n in level.initial]
     w = {f"W{j}": st[f"{i}.W{j}"] for j in suffixes}
-    out = level.read(w, inp)
-    eta = level.eta_of(inp)[:, 0, None, None]
+    out = _level_output(level, w, inp)
+    eta = level.eta_scale * torch.sigmoid(level.eta(inp))  # (B, 1, 1): Eq 71's η_t, in units of 1/C(ℓ)
     for name, grad in _reference_steps(level, eta, *_inner_grads(level, w, inp, u)).items():
         st[f"{i}.G{name[1:]}"] = st[f"{i}.G{name[1:]}"] + grad
     if nested:
@@ -78,6 +80,14 @@ def _reference_level_step(cms: CMS, i: int, st: State, inp: Tensor, a: int, u: T
             st[f"{i}.H{j}"] = torch.zeros_like(st[f"{i}.H{j}"])
             st[f"{i}.W{j}"] = st[f"{i}.I{j}"]
     return out
+
+
+def _level_output(level: CMSLevel, w: State, x: Tensor) -> Tensor:
+    """F(x) = x + W₁ σ(W₂ n(x)) (MLP form) or x + W₁ (SiLU(W₂ n(x)) ⊙ W₃ n(x)) (SwiGLU form), Eq 70."""
+    z = level.norm(x)
+    if level.form == "mlp":
+        return x + activation(level.spec.activation, z @ w["W2"].mT) @ w["W1"].mT
+    return x + (F.silu(z @ w["W2"].mT) * (z @ w["W3"].mT)) @ w["W1"].mT
 
 
 def _reference_steps(level: CMSLevel, eta: Tensor, grads: State, curvatures: State) -> State:
