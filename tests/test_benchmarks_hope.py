@@ -111,3 +111,18 @@ def test_timing_refuses_to_time_a_step_with_non_finite_numbers(bench):
         timing.interleaved_medians({"finite": step(1.0), "overflowing step": step(float("inf"))}, repeats=2)
     with pytest.raises(timing.NonFinite, match="nan"):
         timing.median_time(lambda: {"out": torch.tensor([0.0, float("nan")])}, repeats=1, name="nan")
+
+
+def test_lm_allocation_report_reads_the_cells(bench, tmp_path, monkeypatch):
+    """The allocation table (docs/design.md S11) is the mean ± seed std of the committed cells per row and budget."""
+    la = bench("lm_allocation")
+    monkeypatch.setattr(la, "CELLS", tmp_path)
+    for seed, bpb in enumerate((2.0, 2.2)):
+        (tmp_path / f"titans-600-seed{seed}.json").write_text(json.dumps(
+            {"name": "titans", "steps": 600, "seed": seed, "bpb": bpb, "parameters": 320730}))
+    (tmp_path / "hope-150-seed0.json").write_text(json.dumps(
+        {"name": "hope", "steps": 150, "seed": 0, "bpb": 2.75, "parameters": 338892}))
+    table = la.report()
+    assert "| Titans (the LM section's row) | 108 | 320,730 | — | 2.100 ± 0.141 (2 seeds) |" in table
+    assert "2.750 (1 seed) | — |" in table
+    assert "without CMS" not in table  # rows without cells are left out
