@@ -248,13 +248,19 @@ class CausalLM(nn.Module):
 
     def check_tokens(self, tokens: torch.Tensor, name: str = "tokens") -> None:
         """Raise :class:`NestlearnError` unless ``tokens`` is a (batch, seq) int64 or int32 tensor,
-        batch and seq >= 1, of ids in [0, vocab_size)."""
+        batch and seq >= 1, of ids in [0, vocab_size).
+
+        The id range is checked on CPU only, outside ``torch.compile``: on an accelerator reading the
+        ids' range would synchronise the device on every forward (an out-of-range id then fails in
+        the embedding lookup instead)."""
         if not isinstance(tokens, torch.Tensor) or tokens.dtype not in (torch.int64, torch.int32):
             kind = tokens.dtype if isinstance(tokens, torch.Tensor) else type(tokens).__name__
             raise NestlearnError(f"{name}: must be a tensor of token ids (torch.int64 or torch.int32), got {kind}")
         if tokens.ndim != 2 or tokens.shape[0] == 0 or tokens.shape[1] == 0:
             raise NestlearnError(f"{name}: must have shape (batch, seq) with batch >= 1 and seq >= 1, "
                                  f"got {tuple(tokens.shape)}")
+        if tokens.device.type != "cpu" or torch.compiler.is_compiling():
+            return
         low, high = (int(v) for v in torch.aminmax(tokens))
         if low < 0 or high >= self.config.vocab_size:
             bad = low if low < 0 else high

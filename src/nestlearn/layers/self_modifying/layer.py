@@ -232,7 +232,7 @@ class SelfModifyingTitans(nn.Module):
         xs_parts, *static_parts = split_chunks(bounds, (xs, *static.values()), dim=1)
         static_parts = dict(zip(static, static_parts))
         beta = self.momentum_gate(xs)
-        beta_parts = split_chunks(bounds, (beta,), dim=-1)[0] or [None] * len(bounds)
+        beta_parts = [None] * len(bounds) if beta is None else split_chunks(bounds, (beta,), dim=-1)[0]
         cols: list[tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None]] = []
         for i, (start, _) in enumerate(bounds):
             at = pos + start
