@@ -164,15 +164,19 @@ def check_finite_gradients(owner: str, groups: list[dict[str, Any]]) -> None:
 
     One entry is enough to refuse: Newton–Schulz, a Frobenius norm or a running sum spreads it over
     the whole matrix and the optimiser state, so the step would turn every weight NaN for good. The
-    check reads one flag per parameter and synchronises once.
+    check reads one flag per parameter and synchronises once: under FSDP2 each rank flags its own
+    shards and one all-reduce combines the flags of every parameter.
     """
     pairs = [(group, p) for group in groups for p in group["params"] if p.grad is not None]
     if not pairs:
         return
-    flags = [_full(torch.isfinite(p.grad).all()) for _, p in pairs]
-    if bool(torch.stack([f.to(flags[0].device) for f in flags]).all()):
+    local = [p.grad.to_local() if is_dtensor(p.grad) else p.grad for _, p in pairs]
+    flags = torch.stack([torch.isfinite(g).all().to(local[0].device) for g in local]).to(torch.int32)
+    if any(is_dtensor(p.grad) for _, p in pairs):
+        torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MIN)
+    if bool(flags.all()):
         return
-    group, param = next(pair for pair, ok in zip(pairs, flags) if not bool(ok))
+    group, param = pairs[int((flags == 0).nonzero()[0])]
     grad = _full(param.grad)
     n_nan, n_inf = int(grad.isnan().sum()), int(grad.isinf().sum())
     raise NonFiniteGradientError(
