@@ -7,7 +7,6 @@ Every ```python block of README.md and docs/*.md runs; commands and snippets tha
 
 import importlib.util
 import re
-import sys
 from pathlib import Path
 
 import pytest
