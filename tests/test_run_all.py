@@ -100,6 +100,18 @@ def test_formal_section_in_the_test_setting(tmp_path):
     assert "| LSTM |" in sec.markdown and "Parity Bin1" in sec.markdown and "--only formal --seed 0" in sec.markdown
 
 
+def test_formal_cells_no_baseline_learns_are_called_uninformative():
+    from nestlearn.eval.suite import formal
+
+    def runs(lstm, hope):
+        return {"lstm": {"bin0": lstm[0], "bin1": lstm[1]}, "hope_formal": {"bin0": hope[0], "bin1": hope[1]}}
+
+    result = {"settings": {"languages": ["parity", "anbn"], "models": ["lstm", "hope_formal"]},
+              "runs": {"0": {"parity": runs((1.0, 0.95), (0.5, 0.1)), "anbn": runs((1.0, 0.2), (1.0, 0.0))}}}
+    assert formal.uninformative(result) == ["aⁿbⁿ Bin1 (best baseline LSTM 20.0 %)"]
+    assert "uninformative at this budget" in formal.claims(result)[0]
+
+
 def test_text_probe_section_in_the_test_setting(tmp_path):
     from nestlearn.eval.suite import babi
 
