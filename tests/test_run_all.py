@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from nestlearn.eval.suite import Section
 
@@ -145,6 +146,19 @@ def test_formal_cells_do_not_depend_on_jobs_and_resume(tmp_path, monkeypatch):
     # Changed settings invalidate the stored cells.
     with pytest.raises(AssertionError, match="trained again"):
         formal.run(formal.replace(s, steps=s.steps + 1), tmp_path / "serial", 0, jobs=1)
+    # A code change that alters what a cell computes (here: the models' initialisation) reruns it.
+    init = formal.suite_model
+
+    def rescaled(*args, **kwargs):
+        model = init(*args, **kwargs)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.mul_(1.5)
+        return model
+
+    monkeypatch.setattr(formal, "suite_model", rescaled)
+    with pytest.raises(AssertionError, match="trained again"):
+        formal.run(s, tmp_path / "serial", 0, jobs=1)
     with pytest.raises(ValueError, match="jobs"):
         common.run_cells(refuse, {}, {}, tmp_path, jobs=0)
 
