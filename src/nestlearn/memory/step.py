@@ -54,17 +54,17 @@ def weight_token_update(spec: MemorySpec, x: Tensor, s: Tensor | None, e: Tensor
         key: (..., 1, d_in) k on the DGD weight (γ = η_X), else None.
         anchor: W₀ (broadcastable to x) under ``retain="initial"``, else None.
     """
+    # Each addcmul is one pass over a weight-sized tensor: at one token those passes are the cost.
     grad_e = e if scale is None else e * scale
-    if s is None:
-        direction = (grad_e * step).mT * p  # (..., d_out, d_in): η s e pᵀ
-    else:
-        c, d = momentum_coefficients(spec.momentum, step, beta)
-        s = torch.addcmul(beta * s, (grad_e * c).mT, p)
-        direction = d * s
     new = x if alpha is None else alpha * x
     if key is not None:
         new = torch.addcmul(new, (x @ key.mT) * -step, key)  # − η (X k) kᵀ, with X before the write
-    new = new - direction
+    if s is None:
+        new = torch.addcmul(new, (grad_e * -step).mT, p)  # − η s e pᵀ
+    else:
+        c, d = momentum_coefficients(spec.momentum, step, beta)
+        s = torch.addcmul(beta * s, (grad_e * c).mT, p)
+        new = torch.addcmul(new, -d, s)
     if anchor is not None and alpha is not None:  # without decay (α ≡ 1) nothing returns to W₀
         new = torch.addcmul(new, 1 - alpha, anchor)
     return new, s
