@@ -17,6 +17,8 @@ SPECS = {
     "linear_dot_gd": dict(kind="linear", objective="dot"),
     "deltanet": dict(kind="linear", objective="l2"),
     "gated_deltanet": dict(kind="linear", objective="l2", rule="dgd"),
+    "gated_deltanet_yang_signed": dict(kind="linear", objective="l2", rule="dgd", gate_form="yang", eigen="signed"),
+    "mlp_yang_momentum": dict(rule="dgd", gate_form="yang", momentum="titans", step_norm="bounded"),
     "titans": dict(momentum="titans"),
     "scaled_before": dict(momentum="scaled", read="before", rule="dgd", activation="gelu"),
     "ema_boundary": dict(momentum="ema", read="boundary", rule="dgd"),

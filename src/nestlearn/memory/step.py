@@ -9,10 +9,11 @@ same closed-form gradients (:func:`~nestlearn.memory.gradients.boundary_terms`) 
 token's gradient factors e pᵀ taken at the boundary state, and the step η_X (spec module docstring):
 
     S ← β S + c e pᵀ                          c = η_X (titans), 1 (scaled), 1 − β (ema); times the write bound's factor
-    X ← α X − γ (X k) kᵀ − d S + (1 − α) W₀   d = 1 (titans), η_X (scaled, ema); γ = η_X on the DGD weight, else 0
+    X ← α X − γ (X k) kᵀ − d S + (1 − α) W₀   d = 1 (titans), η_X (scaled, ema); γ on the DGD weight, else 0
     without momentum: X ← α X − γ (X k) kᵀ − η_X s e pᵀ + (1 − α) W₀   (s the write bound's factor)
 
-which is the reference's W(α I − η k kᵀ) − step [NL-L Eq 88] written as rank-1 products. The token's
+with γ = η_X (``gate_form="eq92"``) or α η_X (``"yang"``, design.md S12): the reference's
+W(α I − η k kᵀ) − step [NL-L Eq 88], or α W(I − η k kᵀ) − step, written as rank-1 products. The token's
 boundary state is the state's ``*_b`` copy unless the token opens a chunk (D4), so a stream decoded
 one token at a time gives the chunked forward's outputs and states (tests/test_memory_step.py).
 """
@@ -23,7 +24,7 @@ import torch
 
 from nestlearn.memory import monitor
 from nestlearn.memory.gradients import State, boundary_terms, memory_apply
-from nestlearn.memory.ops import _check_inputs, effective_eta, memory_scan, weight_step
+from nestlearn.memory.ops import _check_inputs, dgd_coefficient, effective_eta, memory_scan, weight_step
 from nestlearn.memory.spec import MemorySpec
 
 Tensor = torch.Tensor
@@ -43,7 +44,7 @@ def momentum_coefficients(momentum: str, step: Tensor, beta: Tensor | None) -> t
 
 def weight_token_update(spec: MemorySpec, x: Tensor, s: Tensor | None, e: Tensor, p: Tensor, step: Tensor,
                         scale: Tensor | None, alpha: Tensor | None, beta: Tensor | None, key: Tensor | None,
-                        anchor: Tensor | None) -> tuple[Tensor, Tensor | None]:
+                        gamma: Tensor | None, anchor: Tensor | None) -> tuple[Tensor, Tensor | None]:
     """One weight's write for one token: (X, S) -> (X', S') (module docstring).
 
     Args:
@@ -51,14 +52,14 @@ def weight_token_update(spec: MemorySpec, x: Tensor, s: Tensor | None, e: Tensor
         e: (..., 1, d_out), p: (..., 1, d_in) the gradient's factors at the boundary state.
         step: (..., 1, 1) η_X; scale: (..., 1, 1) the write bound's factor, or None.
         alpha, beta: (..., 1, 1) gates, or None (α ≡ 1; no momentum).
-        key: (..., 1, d_in) k on the DGD weight (γ = η_X), else None.
+        key: (..., 1, d_in) k on the DGD weight, else None; gamma: (..., 1, 1) its DGD coefficient γ.
         anchor: W₀ (broadcastable to x) under ``retain="initial"``, else None.
     """
     # Each addcmul is one pass over a weight-sized tensor: at one token those passes are the cost.
     grad_e = e if scale is None else e * scale
     new = x if alpha is None else alpha * x
     if key is not None:
-        new = torch.addcmul(new, (x @ key.mT) * -step, key)  # − η (X k) kᵀ, with X before the write
+        new = torch.addcmul(new, (x @ key.mT) * -gamma, key)  # − γ (X k) kᵀ, with X before the write
     if s is None:
         new = torch.addcmul(new, (grad_e * -step).mT, p)  # − η s e pᵀ
     else:
@@ -115,9 +116,11 @@ def memory_step(spec: MemorySpec, state: State, q: Tensor, k: Tensor, v: Tensor,
     for n in names:
         e, p = factors[n]
         step, scale = weight_step(spec, eta, e, p)
+        dgd = spec.rule == "dgd" and n == first
         new[n], s = weight_token_update(
             spec, cur[n], state.get(f"{n}_mom"), e, p, _gate(step), _gate(scale), _gate(alpha), _gate(beta),
-            k if spec.rule == "dgd" and n == first else None, None if anchor is None else anchor[n])
+            k if dgd else None, _gate(dgd_coefficient(spec, step, alpha)) if dgd else None,
+            None if anchor is None else anchor[n])
         if s is not None:
             mom[n] = s
     if outputs and spec.read == "after":
