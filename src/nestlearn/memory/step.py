@@ -24,7 +24,14 @@ import torch
 
 from nestlearn.memory import monitor
 from nestlearn.memory.gradients import State, boundary_terms, memory_apply
-from nestlearn.memory.ops import _check_inputs, dgd_coefficient, effective_eta, memory_scan, weight_step
+from nestlearn.memory.ops import (
+    _check_inputs,
+    dgd_coefficient,
+    effective_eta,
+    memory_scan,
+    stopgrad_writes,
+    weight_step,
+)
 from nestlearn.memory.spec import MemorySpec
 
 Tensor = torch.Tensor
@@ -89,15 +96,7 @@ def memory_step(spec: MemorySpec, state: State, q: Tensor, k: Tensor, v: Tensor,
     _check_inputs(spec, state, eta, alpha, beta, anchor)
     names = spec.weight_names
     first = "W" if spec.kind == "linear" else "W2"
-    shift = None
-    if spec.write_grad == "stopgrad":
-        # θ₀ + sg(Δ) (D3), as in memory_scan: write on detached inputs, add θ₀ − sg(θ₀) back at reads.
-        shift = {n: state[n] - state[n].detach() for n in names}
-        state = {n: t.detach() for n, t in state.items()}
-        k, v, eta = k.detach(), v.detach(), eta.detach()
-        alpha = None if alpha is None else alpha.detach()
-        beta = None if beta is None else beta.detach()
-        anchor = None if anchor is None else {n: w.detach() for n, w in anchor.items()}
+    shift, state, k, v, eta, alpha, beta, anchor = stopgrad_writes(spec, state, k, v, eta, alpha, beta, anchor)
     eta = effective_eta(spec, eta, alpha)
     cur = {n: state[n] for n in names}
     opens = pos % spec.chunk_size == 0
