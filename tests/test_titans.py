@@ -79,7 +79,7 @@ def test_layer_with_reference_scan_gives_same_outputs(monkeypatch):
     layer = titans_layer()
     x = torch.randn(2, 9, 16, dtype=DT)
     fast, _ = layer(x)
-    monkeypatch.setattr(titans_module, "memory_scan", memory_scan_reference)
+    monkeypatch.setattr(titans_module, "memory_forward", memory_scan_reference)
     reference, _ = layer(x)
     assert_close(fast, reference)
 

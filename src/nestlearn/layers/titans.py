@@ -25,7 +25,8 @@ from torch import nn
 
 from nestlearn.errors import ConfigError
 from nestlearn.layers.norm import RMSNorm
-from nestlearn.memory import MemorySpec, init_memory_state, logit, memory_scan
+from nestlearn.memory import MemorySpec, init_memory_state, logit
+from nestlearn.memory.step import memory_forward
 
 State = dict[str, torch.Tensor]
 
@@ -196,12 +197,13 @@ class MemoryLayer(nn.Module):
 
         Outputs are the memory reads y_t = M_t(q_t) [T Eq 15] (or M_{t−1}(q_t) with ``read="before"``).
         ``keep_state=False`` skips the last chunk's write, which only the returned state would hold.
+        A one-token call (decoding) takes :func:`~nestlearn.memory.step.memory_step`, without the chunk machinery.
         """
         q, k, v, cache = self.features(x, None if state is None else state.get("conv"))
         eta, alpha, beta = self.gate_values(x)
         anchor = dict(self.initial) if self.spec.retain == "initial" else None
-        o, mem = memory_scan(self.spec, self.memory_state(state, x.shape[0]), q, k, v, eta, alpha, beta, pos,
-                             final_state=keep_state, anchor=anchor, tag="mem")
+        o, mem = memory_forward(self.spec, self.memory_state(state, x.shape[0]), q, k, v, eta, alpha, beta, pos,
+                                final_state=keep_state, anchor=anchor, tag="mem")
         if not keep_state:
             return self.output(o, x), {}
         new_state = {f"mem.{n}": t for n, t in mem.items()}

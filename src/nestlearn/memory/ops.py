@@ -336,6 +336,23 @@ def effective_eta(spec: MemorySpec, eta: Tensor, alpha: Tensor | None) -> Tensor
     return 2 * eta if alpha is None or spec.gate_form == "yang" else (1 + alpha) * eta
 
 
+def stopgrad_writes(spec: MemorySpec, state: State, k: Tensor, v: Tensor, eta: Tensor, alpha: Tensor | None,
+                    beta: Tensor | None, anchor: State | None) -> tuple:
+    """A call's inputs as its writes use them, and the shift that its reads add back (D3).
+
+    With ``write_grad="stopgrad"`` every fast state is θ₀ + sg(Δ_t): the writes run on the detached
+    state, keys, values, gates and anchor, and each read adds shift = θ₀ − sg(θ₀) per weight to the
+    weights it reads. Otherwise everything comes back unchanged and the shift is None.
+    Returns (shift, state, k, v, eta, alpha, beta, anchor).
+    """
+    if spec.write_grad != "stopgrad":
+        return None, state, k, v, eta, alpha, beta, anchor
+    shift = {n: state[n] - state[n].detach() for n in spec.weight_names}
+    k, v, eta, alpha, beta = (None if t is None else t.detach() for t in (k, v, eta, alpha, beta))
+    return (shift, {n: t.detach() for n, t in state.items()}, k, v, eta, alpha, beta,
+            None if anchor is None else {n: w.detach() for n, w in anchor.items()})
+
+
 def memory_scan(spec: MemorySpec, state: State, q: Tensor, k: Tensor, v: Tensor, eta: Tensor,
                 alpha: Tensor | None = None, beta: Tensor | None = None, pos: int = 0, *,
                 outputs: bool = True, self_values: bool = False, final_state: bool = True,
@@ -374,14 +391,7 @@ def memory_scan(spec: MemorySpec, state: State, q: Tensor, k: Tensor, v: Tensor,
     """
     _check_inputs(spec, state, eta, alpha, beta, anchor)
     names = spec.weight_names
-    shift = None
-    if spec.write_grad == "stopgrad":
-        shift = {n: state[n] - state[n].detach() for n in names}
-        state = {n: t.detach() for n, t in state.items()}
-        k, v, eta = k.detach(), v.detach(), eta.detach()
-        alpha = None if alpha is None else alpha.detach()
-        beta = None if beta is None else beta.detach()
-        anchor = None if anchor is None else {n: w.detach() for n, w in anchor.items()}
+    shift, state, k, v, eta, alpha, beta, anchor = stopgrad_writes(spec, state, k, v, eta, alpha, beta, anchor)
     eta = effective_eta(spec, eta, alpha)
     watch = monitor.active()
     cur = {n: state[n] for n in names}

@@ -172,16 +172,28 @@ def chunk_terms(form: str, act: str, objective: str, weights: State, x_norm: Ten
     return ChunkTerms(out_x if read else None, pre_x if read else None, factors)
 
 
+def add_product(base: Tensor, e: Tensor, p: Tensor, sign: float = 1.0) -> Tensor:
+    """base + sign·Eᵀ P as one fused operation; e: (B, n, rows), p: (B, n, cols), base broadcastable.
+
+    For one token (n = 1, decoding) Eᵀ P is an outer product, and addcmul makes one pass over the
+    weight where baddbmm copies the base before adding the product (two passes; at one token those
+    passes over the (rows, cols) weights are most of a CMS level's cost).
+    """
+    if e.shape[-2] == 1:
+        return torch.addcmul(base, e.mT, p, value=sign)
+    return torch.baddbmm(base, e.mT, p, alpha=sign)
+
+
 def subtract(weights: State, factors: dict[str, tuple[Tensor, Tensor]]) -> State:
     """θ − Eᵀ P per weight (one fused product each; a shared θ broadcasts to the batch)."""
-    return {n: torch.baddbmm(w, factors[n][0].mT, factors[n][1], alpha=-1) for n, w in weights.items()}
+    return {n: add_product(w, *factors[n], sign=-1.0) for n, w in weights.items()}
 
 
 def accumulate(pending: State | None, factors: dict[str, tuple[Tensor, Tensor]]) -> State:
     """pending + Eᵀ P per weight; None stands for a zero pending write."""
     out = {}
     for n, (e, p) in factors.items():
-        out[n] = e.mT @ p if pending is None else torch.baddbmm(pending[n], e.mT, p)
+        out[n] = e.mT @ p if pending is None else add_product(pending[n], e, p)
     return out
 
 

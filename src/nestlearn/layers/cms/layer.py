@@ -99,8 +99,9 @@ class CMS(nn.Module):
         each chunk's gradients are taken at θ_c. Everything that does not depend on θ (n(x), k, v,
         n(k), η) is computed for all tokens at once; per chunk the reads and the write share two
         matrix products (:func:`chunk_terms`) and the write is one fused product per weight. The
-        last chunk's write only reaches the returned state, so it is kept out of the read's products
-        (the outer backward pass then skips it), and without ``keep_state`` it is not computed.
+        last chunk's write only reaches the returned state, so with gradients on it is kept out of
+        the read's products (the outer backward pass then skips it; without gradients, as in
+        decoding, one shared product is cheaper), and without ``keep_state`` it is not computed.
         """
         level = self.levels[i]
         if level.static:
@@ -130,7 +131,7 @@ class CMS(nn.Module):
             if c == len(bounds) - 1 and not keep_state:
                 outs.append(xs + level.terms(w, xn, keys[c], tg, et, write=False).out)
                 return torch.cat(outs, dim=1), {}
-            if c == len(bounds) - 1 and keys[c] is not xn:
+            if c == len(bounds) - 1 and keys[c] is not xn and torch.is_grad_enabled():
                 terms = level.terms(w, xn, keys[c], tg, et, write=False)
                 factors = level.terms(w, xn, keys[c], tg, et, read=False).factors
             else:

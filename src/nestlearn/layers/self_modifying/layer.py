@@ -11,7 +11,8 @@ from torch import nn
 from nestlearn.layers.norm import RMSNorm
 from nestlearn.layers.self_modifying.config import GROUPS, SelfModConfig
 from nestlearn.layers.titans import causal_depthwise_conv
-from nestlearn.memory import chunk_bounds, init_memory_state, logit, memory_apply, memory_scan, split_chunks
+from nestlearn.memory import chunk_bounds, init_memory_state, logit, memory_apply, split_chunks
+from nestlearn.memory.step import memory_forward
 
 Tensor = torch.Tensor
 State = dict[str, Tensor]
@@ -215,7 +216,8 @@ class SelfModifyingTitans(nn.Module):
 
         Two passes. Generation runs once per ``chunk_size_other`` chunk, from the boundary states of
         the generating memories, and each of their groups is then written by one state-only
-        :func:`memory_scan` call (their reads are never used: generation reads boundaries). Nothing
+        :func:`memory_scan` call (their reads are never used: generation reads boundaries; a
+        one-token call, as in decoding, takes :func:`~nestlearn.memory.step.memory_step`). Nothing
         in that loop reads the main memory, so it runs afterwards over the whole call as one scan on
         its finer grid, with its self-generated targets v̂ = M_memory,b(v) (Eq 95, D7) built inside
         each of its chunks. ``keep_state=False`` (the caller discards the state) skips the writes
@@ -267,8 +269,8 @@ class SelfModifyingTitans(nn.Module):
         k1, v1 = k.unsqueeze(1), v.unsqueeze(1)
         gates = (None if g is None else g.unsqueeze(1) for g in (eta, alpha, beta))
         anchor = self.anchor(group, (reps, self.n_heads))
-        _, new = memory_scan(self.specs[group], view, k1, k1, v1, *gates, pos=pos, outputs=False, self_values=True,
-                             anchor=anchor, tag=group)
+        _, new = memory_forward(self.specs[group], view, k1, k1, v1, *gates, pos=pos, outputs=False, self_values=True,
+                                anchor=anchor, tag=group)
         return {n: t.flatten(1, 2) for n, t in new.items()}
 
     def anchor(self, group: str, heads: tuple[int, ...] | None = None) -> State | None:
@@ -286,5 +288,5 @@ class SelfModifyingTitans(nn.Module):
         state of each chunk (``read="boundary"``). q, k, v: (B, H, T, d/H); gates (B, H, T). Returns
         o (B, H, T, d/H) and the new state ({} without ``keep_state``, which skips the last chunk's write).
         """
-        return memory_scan(self.specs["mem"], mem, q, k, v, eta, alpha, beta, pos=pos, self_values=True,
-                           final_state=keep_state, anchor=self.anchor("mem"), tag="mem")
+        return memory_forward(self.specs["mem"], mem, q, k, v, eta, alpha, beta, pos=pos, self_values=True,
+                              final_state=keep_state, anchor=self.anchor("mem"), tag="mem")
