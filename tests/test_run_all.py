@@ -120,6 +120,8 @@ def test_text_probe_section_in_the_test_setting(tmp_path):
     grid = sec.data["runs"]["0"]["lstm"]["grid"]["babi_qa1"]
     assert set(grid) == {"0", "256"} and all(0 <= grid[n][m] <= 1 for n in grid for m in ("decoding", "ranking"))
     assert (tmp_path / "results_babi.png").is_file() and "| LSTM | qa1 |" in sec.markdown
+    cells = [json.loads(p.read_text()) for p in (tmp_path / "cells").glob("*.json")]
+    assert cells and all(len(c["digest"]) == 16 for c in cells)  # keyed by behaviour, as formal's are
 
 
 def test_formal_cells_do_not_depend_on_jobs_and_resume(tmp_path, monkeypatch):

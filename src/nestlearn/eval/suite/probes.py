@@ -19,6 +19,7 @@ from nestlearn.data.synthetic import derive_seed, generate
 from nestlearn.data.synthetic.base import TaskBatch
 from nestlearn.eval.suite.common import (
     NAMES,
+    behaviour_digest,
     mean_std,
     nonfinite,
     pct,
@@ -66,9 +67,8 @@ def _tests(name: str, s: ProbeSettings, seed: int) -> dict[tuple[str, int], Task
             for t in s.tasks for n in s.eval_lens}
 
 
-def run_cell(name: str, s: ProbeSettings, score: Callable[..., dict[str, Any]], seed: int, family: str,
-             base_seed: int) -> dict[str, Any]:
-    """Train one model (seed ``seed``) on the task mixture, then score it on every (task, length)."""
+def _setup(name: str, s: ProbeSettings, seed: int, family: str, base_seed: int):
+    """The test batches, the training sampler and the freshly initialised model of one cell."""
     tests = _tests(name, s, base_seed)
     # Attention models need max_seq_len past the longest prompt plus the decoded tokens, and past
     # training rows whose story alone outgrows the training length (bAbI-style qa3).
@@ -79,7 +79,20 @@ def run_cell(name: str, s: ProbeSettings, score: Callable[..., dict[str, Any]], 
         task = s.tasks[step % len(s.tasks)]
         return generate(task, s.batch_size, train_seed + step, seq_len=s.train_len, split="train")
 
-    model = suite_model(family, s.d_model, s.n_layers, longest, sample(0), seed)
+    return tests, sample, suite_model(family, s.d_model, s.n_layers, longest, sample(0), seed)
+
+
+def cell_digest(name: str, s: ProbeSettings, score: Callable[..., dict[str, Any]], seed: int, family: str,
+                base_seed: int) -> str:
+    """The behaviour digest of one cell (common.behaviour_digest on its first training batch)."""
+    _, sample, model = _setup(name, s, seed, family, base_seed)
+    return behaviour_digest(model, sample(0), s.lr)
+
+
+def run_cell(name: str, s: ProbeSettings, score: Callable[..., dict[str, Any]], seed: int, family: str,
+             base_seed: int) -> dict[str, Any]:
+    """Train one model (seed ``seed``) on the task mixture, then score it on every (task, length)."""
+    tests, sample, model = _setup(name, s, seed, family, base_seed)
     t0 = time.perf_counter()
     losses = fit_task(model, sample, s.steps, s.lr, clip=1.0)
     train_s = time.perf_counter() - t0
@@ -100,7 +113,7 @@ def run_probe(name: str, s: ProbeSettings, score: Callable[..., dict[str, Any]],
     cells = {f"{sd}/{fam}": (name, s, score, sd, fam, seed) for sd in seeds for fam in s.models}
     t0 = time.perf_counter()
     done = run_cells(run_cell, cells, {"settings": asdict(s), "score": score.__qualname__},
-                     out_dir / "cells", jobs, name)
+                     out_dir / "cells", jobs, name, digest=cell_digest)
     runs = {str(sd): {fam: done[f"{sd}/{fam}"] for fam in s.models} for sd in seeds}
     result = {"settings": asdict(s), "seeds": seeds, "runs": runs, "seconds": time.perf_counter() - t0,
               "jobs": jobs, "test_widths": {f"{t}/{n}": b.inputs.shape[1] for (t, n), b in _tests(name, s, seed).items()}}
