@@ -1,7 +1,8 @@
 """Reproduce the evidence: run every section of the evaluation suite and write docs/results.md.
 
 Sections (``nestlearn.eval.suite.<key>.section(quick, out_dir, seed)``): formal-language
-recognition (NL-L Table 5), MQAR, S-NIAH-1/2/3, bAbI-style qa1–qa5 in haystacks, continual learning
+recognition (NL-L Table 5), MQAR, the MAD synthetic tasks (NL-L Table 4), S-NIAH-1/2/3, bAbI-style
+qa1–qa5 in haystacks, continual learning
 and the language-modelling comparison. A section whose module is not installed (or not written
 yet) is skipped with a message. Each section's run artefacts (JSON, plots) go to ``--out/<key>``;
 the plots its Markdown references are copied next to docs/results.md.
@@ -46,7 +47,7 @@ from markers import block, body, replace_block, span, write_block
 from nestlearn.provenance import git_commit
 
 ROOT = Path(__file__).resolve().parents[1]
-SECTIONS = ("formal", "mqar", "niah", "babi", "continual", "lm")
+SECTIONS = ("formal", "mqar", "mad", "niah", "babi", "continual", "lm")
 # Document order; blocks written by other scripts come after the suite's.
 ORDER = (*SECTIONS, "optimizers")
 HEADER = "run_all"
