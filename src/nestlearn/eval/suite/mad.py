@@ -27,7 +27,16 @@ from nestlearn.data.synthetic import derive_seed, generate
 from nestlearn.data.synthetic.base import TaskBatch
 from nestlearn.data.synthetic.mad import MAD_BASELINES
 from nestlearn.eval.suite import Section
-from nestlearn.eval.suite.common import NAMES, command, nonfinite, pct, run_cells, suite_model, write_json
+from nestlearn.eval.suite.common import (
+    NAMES,
+    command,
+    nonfinite,
+    pct,
+    pick_settings,
+    run_cells,
+    suite_model,
+    write_json,
+)
 from nestlearn.eval.tasks import fit_task, task_accuracy
 
 KEY = "mad"
@@ -229,9 +238,7 @@ def section(quick: bool, out_dir: Path, seed: int = 0, *, settings: MADSettings 
             models: tuple[str, ...] | None = None, jobs: int = 1) -> Section:
     """Run the MAD benchmark and return its section of docs/results.md (``models``: a subset of rows,
     reusing the stored cells; ``settings``: tests)."""
-    s = settings or SETTINGS["quick" if quick else "full"]
-    if models:
-        s = replace(s, models=tuple(models))
+    s = pick_settings(SETTINGS, quick, settings, models)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     result = run(s, out_dir, seed, jobs)
