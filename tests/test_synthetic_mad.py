@@ -147,3 +147,22 @@ def test_mad_section_at_test_size_writes_resumable_cells(tmp_path):
     stamp = {p.name: p.stat().st_mtime_ns for p in cells}
     again = mad.section(False, tmp_path, 0, settings=s)
     assert {p.name: p.stat().st_mtime_ns for p in cells} == stamp and again.markdown == sec.markdown
+
+
+def test_mad_verdicts_need_a_baseline_at_half_and_flag_grid_edges():
+    from nestlearn.eval.suite import mad
+
+    def run(*accs):
+        return {f"{lr:g}": {"accuracy": a, "nonfinite_steps": 0, "seconds": 1.0, "steps": 1, "epochs": 0.1}
+                for lr, a in zip((3e-4, 1e-3, 3e-3), accs)}
+
+    result = {"settings": {"models": ["transformer", "hope"], "tasks": ["mad_recall", "mad_memorization"],
+                           "lrs": [3e-4, 1e-3, 3e-3]},
+              "runs": {"transformer": {"mad_recall": run(0.9, 0.5, 0.4), "mad_memorization": run(0.3, 0.4, 0.2)},
+                       "hope": {"mad_recall": run(0.2, float("nan"), 0.95), "mad_memorization": run(1.0, 1.0, 1.0)}}}
+    assert mad.best(result, "hope", "mad_recall") == (0.95, "0.003")  # a NaN run never wins
+    assert mad.informative(result, "mad_recall") and not mad.informative(result, "mad_memorization")
+    text = "\n".join(mad.verdicts(result))
+    assert "ICR: best Hope (95.0 %)" in text and "agrees with" in text
+    assert "Memory: **uninformative at this budget**" in text  # Hope's 100 % does not count without a baseline
+    assert mad.grid_edges(result) == ["Transformer++ on ICR (0.0003)", "Hope on ICR (0.003)"]  # ties not flagged
