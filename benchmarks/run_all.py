@@ -177,14 +177,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="base seed of every section")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (per process)")
     parser.add_argument("--jobs", type=int, default=1,
-                        help="processes for the sections that train independent cells in parallel (formal, mqar)")
+                        help="processes for the sections that train independent cells in parallel (formal, mqar, mad)")
     parser.add_argument("--results", type=Path, default=RESULTS, help="the document to update")
     parser.add_argument("--readme", type=Path, default=None,
                         help="the README whose results summary to regenerate (default: README.md when --results "
                         "is docs/results.md, else none)")
     parser.add_argument("--summary", action="store_true",
                         help="run no section; only regenerate the README summary from --results")
-    parser.add_argument("--models", default="", help="comma-separated rows, for the sections that take them (formal)")
+    parser.add_argument("--models", default="", help="comma-separated rows, for the sections that take them (formal, mad)")
     parser.add_argument("--tables", default="", help="comma-separated tables, for the sections that take them "
                         "(lm: models, ablations, signals)")
     args = parser.parse_args(argv)
