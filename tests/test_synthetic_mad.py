@@ -95,11 +95,14 @@ def test_compression_targets_every_input_and_the_decoder_sees_only_the_last_stat
     assert isinstance(model, CompressionModel)
     logits = model(batch.inputs)
     assert logits.shape == (4, 32, 16)
-    # Causal encoder read at the last token: changing any earlier token can change every output,
-    # but the output at position t is not tied to the input at t (a bottleneck, not a copy).
+    # Every output is read from the state at the last token: the output at position 0 depends on a
+    # token read later (which a causal model's output at 0 cannot), and the position code alone
+    # tells the outputs apart.
     edited = batch.inputs.clone()
-    edited[:, 0] = (edited[:, 0] + 1) % 15
-    assert not torch.allclose(model(edited)[:, 5], logits[:, 5])
+    edited[:, 30] = (edited[:, 30] + 1) % 15
+    assert not torch.allclose(model(edited)[:, 0], logits[:, 0])
+    same = torch.full_like(batch.inputs, 3)
+    assert not torch.allclose(model(same)[:, 0], model(same)[:, 1])
 
 
 @pytest.mark.parametrize("name", MAD_TASKS)
