@@ -19,10 +19,11 @@ from nestlearn.models.lm import CausalLM
 
 
 def sinusoidal_positions(length: int, dim: int) -> torch.Tensor:
-    """(length, dim) fixed sin/cos position codes (dim even): half sines, half cosines."""
-    freqs = torch.exp(-math.log(10000.0) * torch.arange(dim // 2) / (dim // 2))
+    """(length, dim) fixed sin/cos position codes: half sines, half cosines (an odd dim drops the last cosine)."""
+    half = (dim + 1) // 2
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(half) / half)
     angles = torch.arange(length)[:, None] * freqs[None, :]
-    return torch.cat([angles.sin(), angles.cos()], dim=-1)
+    return torch.cat([angles.sin(), angles.cos()], dim=-1)[:, :dim]
 
 
 class CompressionModel(nn.Module):
