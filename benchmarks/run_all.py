@@ -1,7 +1,8 @@
 """Reproduce the evidence: run every section of the evaluation suite and write docs/results.md.
 
 Sections (``nestlearn.eval.suite.<key>.section(quick, out_dir, seed)``): formal-language
-recognition (NL-L Table 5), MQAR, S-NIAH-1/2/3, bAbI-style qa1–qa5 in haystacks, continual learning
+recognition (NL-L Table 5), MQAR, the MAD synthetic tasks (NL-L Table 4), S-NIAH-1/2/3, bAbI-style
+qa1–qa5 in haystacks, continual learning
 and the language-modelling comparison. A section whose module is not installed (or not written
 yet) is skipped with a message. Each section's run artefacts (JSON, plots) go to ``--out/<key>``;
 the plots its Markdown references are copied next to docs/results.md.
@@ -46,7 +47,7 @@ from markers import block, body, replace_block, span, write_block
 from nestlearn.provenance import git_commit
 
 ROOT = Path(__file__).resolve().parents[1]
-SECTIONS = ("formal", "mqar", "niah", "babi", "continual", "lm")
+SECTIONS = ("formal", "mqar", "mad", "niah", "babi", "continual", "lm")
 # Document order; blocks written by other scripts come after the suite's.
 ORDER = (*SECTIONS, "optimizers")
 HEADER = "run_all"
@@ -176,14 +177,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="base seed of every section")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (per process)")
     parser.add_argument("--jobs", type=int, default=1,
-                        help="processes for the sections that train independent cells in parallel (formal, mqar)")
+                        help="processes for the sections that train independent cells in parallel (formal, mqar, mad)")
     parser.add_argument("--results", type=Path, default=RESULTS, help="the document to update")
     parser.add_argument("--readme", type=Path, default=None,
                         help="the README whose results summary to regenerate (default: README.md when --results "
                         "is docs/results.md, else none)")
     parser.add_argument("--summary", action="store_true",
                         help="run no section; only regenerate the README summary from --results")
-    parser.add_argument("--models", default="", help="comma-separated rows, for the sections that take them (formal)")
+    parser.add_argument("--models", default="", help="comma-separated rows, for the sections that take them (formal, mad)")
     parser.add_argument("--tables", default="", help="comma-separated tables, for the sections that take them "
                         "(lm: models, ablations, signals)")
     args = parser.parse_args(argv)

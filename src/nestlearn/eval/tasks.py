@@ -8,6 +8,10 @@ covers both the input ids and the target classes; its logits are restricted to t
 Set-valued tasks (formal-language recognition, tasks.md §4: ``target_sets`` holds the symbols that
 may come next) read the same logits as K independent sigmoids, trained with binary cross-entropy
 and scored as string accuracy: a string counts only when every position's set is right.
+
+Reconstruction tasks (``meta["reconstruct"]``, MAD's compression, tasks.md §8) get a
+:class:`~nestlearn.eval.compression.CompressionModel` instead: the family's model as an encoder read
+at the last token, and a decoder that rebuilds every position from that one state.
 """
 
 from __future__ import annotations
@@ -20,14 +24,17 @@ import torch
 import torch.nn.functional as F
 
 from nestlearn.data.synthetic.base import IGNORE_INDEX, TaskBatch
+from nestlearn.eval.compression import CompressionModel
 from nestlearn.eval.metrics import recognition_accuracy
 from nestlearn.models.lm import CausalLM, LMConfig, replace_config
 
 
-def task_model(config: LMConfig, batch: TaskBatch) -> CausalLM:
-    """A model of ``config``'s family sized for the task: vocabulary max(input ids, classes)."""
+def task_model(config: LMConfig, batch: TaskBatch) -> CausalLM | CompressionModel:
+    """A model of ``config``'s family sized for the task: vocabulary max(input ids, classes); wrapped
+    as an encoder in a :class:`CompressionModel` for reconstruction tasks."""
     vocab = max(batch.vocab_size, batch.num_classes)
-    return CausalLM(replace_config(config, vocab_size=vocab, max_seq_len=max(config.max_seq_len, batch.inputs.shape[1])))
+    model = CausalLM(replace_config(config, vocab_size=vocab, max_seq_len=max(config.max_seq_len, batch.inputs.shape[1])))
+    return CompressionModel(model, batch.num_classes) if batch.meta.get("reconstruct") else model
 
 
 def task_logits(model: CausalLM, batch: TaskBatch) -> torch.Tensor:
@@ -36,7 +43,7 @@ def task_logits(model: CausalLM, batch: TaskBatch) -> torch.Tensor:
     return model(batch.inputs.to(device), keep_state=False).logits[..., : batch.num_classes]
 
 
-def labelled_logits(model: CausalLM, batch: TaskBatch) -> torch.Tensor:
+def labelled_logits(model: CausalLM | CompressionModel, batch: TaskBatch) -> torch.Tensor:
     """(N, num_classes) class scores at the N labelled positions only, in row-major order.
 
     The output head is applied to the labelled positions alone (tasks.md §0, §10): at a large
@@ -45,6 +52,8 @@ def labelled_logits(model: CausalLM, batch: TaskBatch) -> torch.Tensor:
     """
     device = next(model.parameters()).device
     tokens = batch.inputs.to(device)
+    if isinstance(model, CompressionModel):
+        return model(tokens)[batch.targets.to(device) != IGNORE_INDEX]
     if model.config.bounded_context and tokens.shape[1] > model.config.max_seq_len:
         return task_logits(model, batch)[batch.targets.to(device) != IGNORE_INDEX]  # forward raises the error
     x = model.embed(tokens)
@@ -54,7 +63,7 @@ def labelled_logits(model: CausalLM, batch: TaskBatch) -> torch.Tensor:
     return F.linear(model.norm(hidden), model.head_weight[: batch.num_classes])
 
 
-def task_loss(model: CausalLM, batch: TaskBatch) -> torch.Tensor:
+def task_loss(model: CausalLM | CompressionModel, batch: TaskBatch) -> torch.Tensor:
     """Mean cross-entropy over the scored positions."""
     if batch.target_sets is not None:
         logits = task_logits(model, batch)
@@ -67,7 +76,7 @@ def task_loss(model: CausalLM, batch: TaskBatch) -> torch.Tensor:
 
 
 @torch.no_grad()
-def task_accuracy(model: CausalLM, batch: TaskBatch) -> float:
+def task_accuracy(model: CausalLM | CompressionModel, batch: TaskBatch) -> float:
     """Fraction of scored positions predicted exactly (greedy argmax); for set-valued tasks, of strings."""
     was_training = model.training
     model.eval()
@@ -80,7 +89,7 @@ def task_accuracy(model: CausalLM, batch: TaskBatch) -> float:
     return (predictions == batch.targets[batch.targets != IGNORE_INDEX]).float().mean().item()
 
 
-def fit_task(model: CausalLM, sample: Callable[[int], TaskBatch], steps: int, lr: float = 3e-3,
+def fit_task(model: CausalLM | CompressionModel, sample: Callable[[int], TaskBatch], steps: int, lr: float = 3e-3,
              weight_decay: float = 0.0, clip: float | None = None,
              stop: Callable[[int, float], bool] | None = None) -> list[float]:
     """Train on a fresh batch ``sample(step)`` at every step with AdamW; returns the losses.

@@ -1,4 +1,4 @@
-"""Seeded synthetic and text-probe task generators (tasks.md §1–§7).
+"""Seeded synthetic and text-probe task generators (tasks.md §1–§8).
 
 Every generator is called as ``TASKS[name](n, seed, **params)`` and returns a
 :class:`~nestlearn.data.synthetic.base.TaskBatch`; the same seed gives identical data. ``TIERS[name]``
@@ -27,6 +27,8 @@ from nestlearn.data.synthetic.chomsky import CHOMSKY_TASKS, CHOMSKY_TIERS, choms
 from nestlearn.data.synthetic.copying import COPYING_TIERS, selective_copying
 from nestlearn.data.synthetic.formal import FORMAL_TIERS, LANGUAGES, formal_language
 from nestlearn.data.synthetic.induction import INDUCTION_TIERS, induction_heads
+from nestlearn.data.synthetic.mad import MAD_TIERS, mad_compression, mad_memorization, mad_selective_copying
+from nestlearn.data.synthetic.mad_recall import mad_fuzzy_recall, mad_recall
 from nestlearn.data.synthetic.mqar import MQAR_TIERS, mqar
 from nestlearn.data.synthetic.niah import NIAH_TASKS, NIAH_TIERS, niah
 from nestlearn.data.synthetic.niah import ranking_batch as niah_ranking_batch
@@ -42,6 +44,12 @@ TASKS: dict[str, Generator] = {
     **{f"formal_{lang}": partial(formal_language, language=lang) for lang in LANGUAGES},
     **{name: partial(niah, task=name) for name in NIAH_TASKS},
     **{f"babi_{name}": partial(babi, task=name) for name in BABI_TASKS},
+    "mad_compression": mad_compression,
+    "mad_recall": mad_recall,
+    "mad_noisy_recall": partial(mad_recall, noise_vocab_size=16, frac_noise=0.2, vocab_size=32),
+    "mad_fuzzy_recall": mad_fuzzy_recall,
+    "mad_selective_copying": mad_selective_copying,
+    "mad_memorization": mad_memorization,
 }
 
 TIERS: dict[str, dict[str, Any]] = {
@@ -52,6 +60,7 @@ TIERS: dict[str, dict[str, Any]] = {
     **{f"formal_{lang}": FORMAL_TIERS for lang in LANGUAGES},
     **{name: NIAH_TIERS for name in NIAH_TASKS},
     **{f"babi_{name}": BABI_TIERS for name in BABI_TASKS},
+    **MAD_TIERS,
 }
 
 
@@ -67,5 +76,6 @@ def generate(name: str, n: int, seed: int, **params: Any) -> TaskBatch:
 
 __all__ = ["IGNORE_INDEX", "TASKS", "TIERS", "TaskBatch", "babi", "babi_ranking_batch", "chomsky_task",
            "continuation_batch", "derive_seed", "formal_language", "generate",
-           "induction_heads", "mqar", "niah", "niah_ranking_batch", "selective_copying",
+           "induction_heads", "mad_compression", "mad_fuzzy_recall", "mad_memorization", "mad_recall",
+           "mad_selective_copying", "mqar", "niah", "niah_ranking_batch", "selective_copying",
            "verbatim_overlap"]

@@ -19,6 +19,7 @@ import os
 import statistics
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,12 @@ def suite_model(name: str, d_model: int, n_layers: int, max_seq_len: int, exampl
     """A freshly initialised model of row ``name`` (``torch.manual_seed(seed)``) sized for the task of ``example``."""
     torch.manual_seed(seed)
     return task_model(suite_config(name, d_model, n_layers, max_seq_len), example)
+
+
+def pick_settings(table: dict[str, Any], quick: bool, settings: Any | None, models: Sequence[str] | None) -> Any:
+    """``settings``, else the "quick" or "full" entry of ``table``; its rows cut to ``models`` when given."""
+    s = settings or table["quick" if quick else "full"]
+    return replace(s, models=tuple(models)) if models else s
 
 
 def command(key: str, quick: bool, seed: int) -> str:

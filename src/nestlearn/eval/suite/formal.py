@@ -35,6 +35,7 @@ from nestlearn.eval.suite.common import (
     mean_std,
     nonfinite,
     pct,
+    pick_settings,
     pyplot,
     run_cells,
     suite_model,
@@ -355,9 +356,7 @@ def section(quick: bool, out_dir: Path, seed: int = 0, *, settings: FormalSettin
     train the cells (model × language × seed); finished cells in ``out_dir/cells`` are reused;
     ``models`` runs a subset of the rows.
     """
-    s = settings or SETTINGS["quick" if quick else "full"]
-    if models:
-        s = replace(s, models=tuple(models))
+    s = pick_settings(SETTINGS, quick, settings, models)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     result = run(s, out_dir, seed, jobs)
