@@ -69,3 +69,9 @@ def test_section_trains_every_model_at_every_rate_and_reuses_cells(tmp_path, mon
     monkeypatch.setattr(mqar, "run_cell", refuse)
     again = mqar.section(False, tmp_path, 0, settings=replace(s, lrs=s.lrs[:1]), models=s.models[:1])
     assert again.data["runs"]["0"]["transformer"]["0.001"] == data["runs"]["0"]["transformer"]["0.001"]
+
+
+def test_a_run_of_some_rows_says_which_rows_are_missing():
+    result = fake_result({"transformer": {"0.001": 0.95, "0.01": 0.5}})
+    assert "**Partial**: the rows DeltaNet, DeltaNet (signed)" in mqar.markdown(result, False, 0, "p.png")
+    assert "Partial" not in mqar.markdown(result, True, 0, "p.png")

@@ -226,13 +226,17 @@ def markdown(result: dict[str, Any], quick: bool, seed: int, plot_name: str) -> 
              (f"- Protocol (tasks.md §1): vocabulary {s['vocab_size']}, settings (L, D) = "
               f"{', '.join(f'({L}, {D})' for L, D in s['settings'])}, {s['train_count']:,} training and "
               f"{s['test_count']:,} test sequences per setting; the settings take turns, one batch of "
-              f"{s['batch_size']} per step, {s['steps']} steps, AdamW at a constant rate, gradient clip 1.0; "
+              f"{s['batch_size']} per step, {s['steps']:,} steps, AdamW at a constant rate, gradient clip 1.0; "
               f"d_model {s['d_model']}, {s['n_layers']} layers. Accuracy over the queried keys (argmax = value)."),
              (f"- Learning rates: every model trains at each of {lrs}; a row shows its best run (highest accuracy "
               "averaged over the settings) and the rate that gave it."),
              settings_line(s["models"])]
     if quick:
         lines.append("- **Quick setting**: tiny sizes and a few dozen steps; a smoke run, not evidence.")
+    missing = [NAMES[m] for m in MQARSettings().models if m not in s["models"]]
+    if missing and not quick:
+        lines.append(f"- **Partial**: the rows {', '.join(missing)} of the full section are not trained yet "
+                     "(the run resumes from the stored cells).")
     text, ranks = verdict(result)
     lines += ["", text, "", *_best_table(result, keys), "",
               "Every rate of the grid (accuracy averaged over the settings; non-finite steps skipped, if any):", "",
