@@ -27,11 +27,9 @@ import numpy as np
 import torch
 from timing import cpu_settings
 
-from nestlearn.config import load_yaml
 from nestlearn.data.kjv import kjv_splits
-from nestlearn.eval.stability import RECURRENT, read_stream, stream, top_gates
+from nestlearn.eval.stability import RECURRENT, read_stream, row_config, stream
 from nestlearn.models.lm import CausalLM
-from nestlearn.train.config import load_run_config
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -61,10 +59,7 @@ def train(model: CausalLM, cfg, steps: int, seed: int) -> int:
 
 def run_family(family: str, gates: str, tokens: int, segment: int, train_steps: int, overrides: list[str],
                seed: int) -> dict:
-    path = ROOT / "configs" / f"{family}-tiny.yaml"
-    raw = load_yaml(path)
-    sets = (top_gates(family, raw["model"]) if gates == "top" else []) + overrides
-    cfg = load_run_config(path, sets)
+    cfg, sets = row_config(ROOT / "configs", family, gates, overrides)
     cfg.model.vocab_size = 256
     cfg.model.max_seq_len = max(cfg.model.max_seq_len, tokens)  # attention families cache the whole stream
     torch.manual_seed(seed)

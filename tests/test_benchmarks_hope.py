@@ -2,6 +2,7 @@
 
 import importlib
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -111,6 +112,20 @@ def test_timing_refuses_to_time_a_step_with_non_finite_numbers(bench):
         timing.interleaved_medians({"finite": step(1.0), "overflowing step": step(float("inf"))}, repeats=2)
     with pytest.raises(timing.NonFinite, match="nan"):
         timing.median_time(lambda: {"out": torch.tensor([0.0, float("nan")])}, repeats=1, name="nan")
+
+
+def test_memory_layer_peer_is_an_optional_extra(bench, monkeypatch):
+    """Without titans-pytorch, --peer stops with a one-line hint at the bench extra; the docs block
+    holds every ratio and every difference that could not be removed."""
+    monkeypatch.setitem(sys.modules, "titans_pytorch", None)  # makes the import fail even where installed
+    peer, layer = bench("peer_titans"), bench("memory_layer")
+    with pytest.raises(peer.PeerUnavailable, match=r"\[bench\]"):
+        peer.peer_layer(16, 2, 4)
+    row = {"batch": 4, "seq": 1024, "nestlearn": 900.0, "boundary": 1200.0, "peer": 1000.0, "ratio": 0.9,
+           "ratio_boundary": 1.2}
+    text = layer.peer_markdown([row], repeats=5, peer_version="0.5.5")
+    assert "| 4 × 1024 | 1,000 | 900 | 0.90× | 1,200 | 1.20× |" in text and "titans-pytorch 0.5.5" in text
+    assert all(d in text for d in peer.DIFFERENCES)
 
 
 def test_lm_allocation_report_reads_the_cells(bench, tmp_path, monkeypatch):

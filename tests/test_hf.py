@@ -71,6 +71,19 @@ def test_auto_classes_load_the_native_model_and_generate_like_it(saved, family):
     assert torch.equal(hf.generate(prompt, max_new_tokens=9, do_sample=True, temperature=0.8, top_k=0), native)
 
 
+def test_a_folder_saved_before_gate_form_loads_as_eq92(tmp_path):
+    """design.md S12: a Gated DeltaNet folder whose config predates the switch was Eq 92's form."""
+    model = tiny("gated_deltanet", gate_form="eq92")
+    NestlearnForCausalLM.from_native(model).save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    del config["nestlearn_model"]["gate_form"]
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    hf = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert hf.config.nestlearn_model["gate_form"] == "eq92"
+    tokens = torch.randint(0, VOCAB, (2, 11))
+    assert torch.equal(hf(tokens).logits, model(tokens).logits)
+
+
 def test_untied_head_and_sliding_window_past_max_seq_len(tmp_path):
     model = tiny("transformer", tie_embeddings=False)
     NestlearnForCausalLM.from_native(model).save_pretrained(tmp_path)

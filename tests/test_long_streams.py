@@ -10,8 +10,7 @@ import pytest
 import torch
 
 from nestlearn.cli import main
-from nestlearn.config import load_yaml
-from nestlearn.eval.stability import RECURRENT, read_stream, stream, top_gates
+from nestlearn.eval.stability import RECURRENT, read_stream, row_config, stream
 from nestlearn.models.lm import CausalLM
 from nestlearn.train.config import load_run_config
 
@@ -30,9 +29,7 @@ def _flush_denormal():
 @pytest.mark.parametrize("gates", ["default", "top"])
 @pytest.mark.parametrize("family", RECURRENT)
 def test_every_recurrent_family_reads_4096_tokens_finitely(family, gates):
-    path = CONFIGS / f"{family}-tiny.yaml"
-    sets = top_gates(family, load_yaml(path)["model"]) if gates == "top" else []
-    cfg = load_run_config(path, sets)
+    cfg, _ = row_config(CONFIGS, family, gates)
     cfg.model.vocab_size = 256
     cfg.model.max_seq_len = 4096  # the attention families cache the whole stream
     torch.manual_seed(0)

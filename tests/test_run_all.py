@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from nestlearn.eval.suite import Section
 
@@ -100,6 +101,18 @@ def test_formal_section_in_the_test_setting(tmp_path):
     assert "| LSTM |" in sec.markdown and "Parity Bin1" in sec.markdown and "--only formal --seed 0" in sec.markdown
 
 
+def test_formal_cells_no_baseline_learns_are_called_uninformative():
+    from nestlearn.eval.suite import formal
+
+    def runs(lstm, hope):
+        return {"lstm": {"bin0": lstm[0], "bin1": lstm[1]}, "hope_formal": {"bin0": hope[0], "bin1": hope[1]}}
+
+    result = {"settings": {"languages": ["parity", "anbn"], "models": ["lstm", "hope_formal"]},
+              "runs": {"0": {"parity": runs((1.0, 0.95), (0.5, 0.1)), "anbn": runs((1.0, 0.2), (1.0, 0.0))}}}
+    assert formal.uninformative(result) == ["aⁿbⁿ Bin1 (best baseline LSTM 20.0 %)"]
+    assert "uninformative at this budget" in formal.claims(result)[0]
+
+
 def test_text_probe_section_in_the_test_setting(tmp_path):
     from nestlearn.eval.suite import babi
 
@@ -133,6 +146,19 @@ def test_formal_cells_do_not_depend_on_jobs_and_resume(tmp_path, monkeypatch):
     # Changed settings invalidate the stored cells.
     with pytest.raises(AssertionError, match="trained again"):
         formal.run(formal.replace(s, steps=s.steps + 1), tmp_path / "serial", 0, jobs=1)
+    # A code change that alters what a cell computes (here: the models' initialisation) reruns it.
+    init = formal.suite_model
+
+    def rescaled(*args, **kwargs):
+        model = init(*args, **kwargs)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.mul_(1.5)
+        return model
+
+    monkeypatch.setattr(formal, "suite_model", rescaled)
+    with pytest.raises(AssertionError, match="trained again"):
+        formal.run(s, tmp_path / "serial", 0, jobs=1)
     with pytest.raises(ValueError, match="jobs"):
         common.run_cells(refuse, {}, {}, tmp_path, jobs=0)
 

@@ -130,7 +130,7 @@ def _print_result(result: dict, out: Path) -> None:
 
 def cmd_train(args: argparse.Namespace) -> None:
     from nestlearn.train.checkpoint import load_checkpoint
-    from nestlearn.train.config import load_run_config
+    from nestlearn.train.config import load_run_config, stored_run_config
 
     base = None
     overrides = _shortcuts(args)
@@ -140,6 +140,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         if not isinstance(base, dict):
             raise CheckpointError(f"{args.resume} holds no run config (a state file?); --resume takes a run folder "
                                   "or its checkpoint")
+        base = stored_run_config(base)
         resume_dir = Path(args.resume) if Path(args.resume).is_dir() else Path(args.resume).parent
         # stop_at belongs to the invocation that set it, not to the run.
         overrides = [f"train.out_dir={json.dumps(str(resume_dir))}", "train.stop_at=0"] + overrides
@@ -151,7 +152,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 def cmd_demo(args: argparse.Namespace) -> None:
     import copy
 
-    from nestlearn.train.config import load_run_config
+    from nestlearn.train.config import load_run_config, stored_run_config
 
     base = copy.deepcopy(DEMO_CONFIG)
     overrides = _shortcuts(args)

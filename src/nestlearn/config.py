@@ -110,21 +110,26 @@ def _convert(value: Any, tp: Any, field: str) -> Any:
     raise TypeError(f"unsupported config annotation {tp!r} for {field}")
 
 
-def from_dict(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
+def from_dict(cls: type[T], data: Mapping[str, Any], prefix: str = "", stored: bool = False) -> T:
     """Build dataclass ``cls`` from ``data``, checking keys and types, then run its ``validate()``.
 
     Args:
         cls: a dataclass type.
         data: field name -> value (nested mappings for nested dataclasses).
         prefix: dotted path of this config, used in error messages.
+        stored: ``data`` was written by an earlier run (a checkpoint's config), not by a user.
 
     A field listed in ``cls.REMOVED_FIELDS`` (name -> (its old default, advice)) is dropped when it
     holds its old default, so configs and checkpoints written before its removal still load, and is
-    an error naming the advice otherwise.
+    an error naming the advice otherwise. A field listed in ``cls.LEGACY_VALUES`` (name -> value) was
+    added with a default that changes what older runs computed: a ``stored`` config that lacks it
+    takes that value, so it rebuilds the model it was trained as; a user's config takes the default.
     """
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     removed = getattr(cls, "REMOVED_FIELDS", {})
+    if stored:
+        data = {**getattr(cls, "LEGACY_VALUES", {}), **data}
     for key, value in data.items():
         if key in fields:
             continue

@@ -1,7 +1,7 @@
 """The switch registry (decision D25): every switch of the paper's ambiguities and ablations, in one place.
 
 A *switch* is a configuration field that selects between readings of the paper (decisions D1–D20 of
-``docs/decisions.md``; S1–S6 are the stability and range switches of ``docs/design.md``) or turns a Table-6 ablation on. Each :class:`Switch` names its
+``docs/decisions.md``; S1–S6 and S12 are the stability and range switches of ``docs/design.md``) or turns a Table-6 ablation on. Each :class:`Switch` names its
 dotted config path, the allowed values, the paper reference and the decision id; its default is
 read from the config dataclasses, so the registry cannot drift from the code (a test checks that
 every allowed value passes validation and that every field of the self-modifying and CMS configs
@@ -93,6 +93,7 @@ SWITCHES: tuple[Switch, ...] = (
     Switch("model.step_norm", ("none", "implicit", "bounded"), "Eq 57 (η/(1 + η‖k‖²))", "S3"),
     Switch("model.retain", ("zero", "initial"), "Titans Eq 13 forgetting gate (its target)", "S4"),
     Switch("model.write_bound", "number >= 0 (0: none)", "not in the paper (a safety net)", "S5"),
+    Switch("model.gate_form", ("eq92", "yang"), "Eq 92 vs Gated DeltaNet as published (Yang et al. 2024)", "S12"),
     Switch("model.use_cms", (True, False), "Table 6 'w/o CMS'", "project"),
     Switch("state.policy", ("reset", "carry", "separator"), "§8 (pre-training vs streams)", "D18"),
     Switch("optim.dgd_form", ("long", "neurips"), "Eq 57 vs NL-N Eq 29", "D1", ("dgd",)),

@@ -7,16 +7,38 @@ training) and by ``tests/test_long_streams.py`` (4,096 tokens). "Top gates" star
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from pathlib import Path
+
 import numpy as np
 import torch
 
+from nestlearn.config import load_yaml
 from nestlearn.data.kjv import kjv_splits
 from nestlearn.memory.monitor import watch
 from nestlearn.models.lm import CausalLM
+from nestlearn.train.config import RunConfig, load_run_config
 
-# Families whose tiny config carries a state across calls (configs/<name>-tiny.yaml).
+# Rows that are another row's tiny config with other switches: DeltaNet with the signed eigenvalue
+# range (design.md S2), a row wherever DeltaNet is one (the suite's ``deltanet_signed``).
+VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {"deltanet-signed": ("deltanet", ("model.eigen=signed",))}
+# Rows whose model carries a state across calls: configs/<name>-tiny.yaml, or a VARIANTS entry.
 RECURRENT = ("hope", "hope-attention", "titans", "titans-mac", "titans-mag", "titans-mal", "deltanet",
-             "gated-deltanet", "linear-attention")
+             "deltanet-signed", "gated-deltanet", "linear-attention")
+
+
+def row_config(configs: Path, row: str, gates: str, overrides: Sequence[str] = ()) -> tuple[RunConfig, list[str]]:
+    """The run config of a :data:`RECURRENT` row and every override applied to its tiny config.
+
+    Args:
+        configs: the repository's configs/ folder.
+        gates: ``"default"`` or ``"top"`` (:func:`top_gates`).
+        overrides: further ``--set`` strings, applied last.
+    """
+    family, switches = VARIANTS.get(row, (row, ()))
+    path = configs / f"{family}-tiny.yaml"
+    sets = [*switches, *(top_gates(family, load_yaml(path)["model"]) if gates == "top" else []), *overrides]
+    return load_run_config(path, sets), sets
 
 
 def top_gates(family: str, model: dict) -> list[str]:

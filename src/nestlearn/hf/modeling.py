@@ -89,6 +89,15 @@ class NestlearnConfig(PretrainedConfig):
         if cfg.bounded_context:
             self.max_position_embeddings = cfg.max_seq_len
 
+    @classmethod
+    def from_dict(cls, config_dict: dict[str, Any], **kwargs: Any) -> Any:
+        """How transformers reads a saved folder's config.json: its model section as it was trained, so a
+        field it predates takes its legacy value, not today's default (design.md S12)."""
+        model = config_dict.get("nestlearn_model")
+        if isinstance(model, dict):
+            config_dict = {**config_dict, "nestlearn_model": model_config_to_dict(model_config_from_dict(model, stored=True))}
+        return super().from_dict(config_dict, **kwargs)
+
 
 class NestlearnCache(Cache):
     """The fast state of a nestlearn model as a ``transformers`` cache.

@@ -8,6 +8,8 @@ a chunk:
     S_t = β_t S_{t−1} + c_t e_t p_tᵀ                       (momentum; β ≡ 0 without momentum)
     X_t = α_t X_{t−1} − γ_t u_t k_tᵀ − d_t S_t,  u_t = X_{t−1} k_t    (γ_t = η_t for DGD, else 0)
 
+(with ``gate_form="yang"`` γ_t = α_t η_t: α_t X_{t−1}(I − η_t k_t k_tᵀ), the same recurrence with another γ)
+
 where (c, d) = (η, 1) for Titans momentum or none and (1, η) for scaled momentum. Unrolling,
 
     X_t = A_t X_0 − σ_t S_0 − Σ_{j≤t} Gk[t,j] u_j k_jᵀ − Σ_{j≤t} Gm[t,j] e_j p_jᵀ
@@ -99,15 +101,15 @@ def _gate_products(spec: MemorySpec, eta: Tensor, alpha: Tensor | None, beta: Te
 
 
 def _coefficients(spec: MemorySpec, gp: _GateProducts, eta: Tensor, beta: Tensor | None, gscale: Tensor | None,
-                  dgd: bool) -> _Coefficients:
+                  gamma: Tensor | None) -> _Coefficients:
     """The weights for reads after each token of a chunk, for one weight.
 
-    eta: (..., n) that weight's step (also the DGD coefficient γ when ``dgd``); gscale: (..., n) the
-    write bound's factor on its gradients, or None. With momentum the gradient enters S with c_t and
-    S enters the step with d_t: (η, 1) titans, (1, η) scaled, (1 − β, η) ema.
+    eta: (..., n) that weight's step; gamma: (..., n) its DGD coefficient γ (None: no DGD term);
+    gscale: (..., n) the write bound's factor on its gradients, or None. With momentum the gradient
+    enters S with c_t and S enters the step with d_t: (η, 1) titans, (1, η) scaled, (1 − β, η) ema.
     """
     n = eta.shape[-1]
-    gk = gp.d_alpha * eta.unsqueeze(-2) if dgd else None
+    gk = None if gamma is None else gp.d_alpha * gamma.unsqueeze(-2)
     if spec.momentum == "none":
         step = eta if gscale is None else eta * gscale
         return _Coefficients(gp.a0, None, gp.d_alpha * step.unsqueeze(-2), gk, None, None)
@@ -150,18 +152,27 @@ def weight_step(spec: MemorySpec, eta: Tensor, e: Tensor, p: Tensor,
     return eta, spec.write_bound / (e.pow(2).sum(-1) * p.pow(2).sum(-1)).clamp(min=tau2).sqrt()
 
 
+def dgd_coefficient(spec: MemorySpec, step: Tensor, alpha: Tensor | None) -> Tensor:
+    """γ_t of the DGD term −γ_t (X_{t−1} k_t) k_tᵀ: the step η_t (``gate_form="eq92"``, α on the identity
+    only) or α_t η_t (``"yang"``: α_t X_{t−1}(I − η_t k_t k_tᵀ), design.md S12). step, alpha: (..., n)."""
+    if spec.gate_form == "eq92" or alpha is None:
+        return step
+    return alpha * step
+
+
 def _weight_coefficients(spec: MemorySpec, eta: Tensor, alpha: Tensor | None, beta: Tensor | None,
                          factors: dict[str, tuple[Tensor, Tensor]], first: str) -> dict[str, _Coefficients]:
     """Each weight's chunk coefficients; one shared set unless steps are normalised or bounded per weight."""
     gp = _gate_products(spec, eta, alpha, beta)
     dgd = spec.rule == "dgd"
     if spec.step_norm == "none" and spec.write_bound <= 0:
-        co = _coefficients(spec, gp, eta, beta, None, dgd)
+        co = _coefficients(spec, gp, eta, beta, None, dgd_coefficient(spec, eta, alpha) if dgd else None)
         return {name: co for name in factors}
     out = {}
     for name, (e, p) in factors.items():
         step, gscale = weight_step(spec, eta, e, p)
-        out[name] = _coefficients(spec, gp, step, beta, gscale, dgd and name == first)
+        gamma = dgd_coefficient(spec, step, alpha) if dgd and name == first else None
+        out[name] = _coefficients(spec, gp, step, beta, gscale, gamma)
     return out
 
 
@@ -317,10 +328,12 @@ def _check_inputs(spec: MemorySpec, state: State, eta: Tensor, alpha: Tensor | N
 
 
 def effective_eta(spec: MemorySpec, eta: Tensor, alpha: Tensor | None) -> Tensor:
-    """The step before per-weight normalisation: η (``eigen="positive"``) or (1 + α)η (``"signed"``)."""
+    """The step before per-weight normalisation: η (``eigen="positive"``) or, with ``"signed"``, the
+    step whose DGD transition along a unit key reaches below 0: (1 + α)η, so α − (1 + α)η spans [−1, α)
+    (``gate_form="eq92"``), or 2η, so α(1 − 2η) spans (−α, α) (``"yang"``; design.md S2, S12)."""
     if spec.eigen == "positive":
         return eta
-    return 2 * eta if alpha is None else (1 + alpha) * eta
+    return 2 * eta if alpha is None or spec.gate_form == "yang" else (1 + alpha) * eta
 
 
 def memory_scan(spec: MemorySpec, state: State, q: Tensor, k: Tensor, v: Tensor, eta: Tensor,

@@ -57,13 +57,14 @@ def memory_scan_reference(spec: MemorySpec, state: State, q: Tensor, k: Tensor, 
 
     For token t (absolute position pos + t) with boundary state M_b of its chunk, and each weight W
     with input p_W (k_t for the key-consuming weight, σ(W₂,b k_t) for W₁):
-        η̃_t = η_t (eigen "positive") or (1 + α_t) η_t ("signed")
+        η̃_t = η_t (eigen "positive"), (1 + α_t) η_t ("signed"), 2η_t ("signed" with gate_form "yang")
         η_W = η̃_t | η̃_t/(1 + η̃_t‖p_W‖²) (step_norm "implicit") | η̃_t/max(1, ‖p_W‖²) ("bounded")
         g_W = s_W ∇_W ℓ(M_b; k_t, v_t),  s_W = min(1, τ/‖∇_W ℓ‖_F) with a write bound τ, else 1
         S_W = β_t S_W + η_W g_W (titans) | β_t S_W + g_W (scaled) | β_t S_W + (1 − β_t) g_W (ema)
         step_W = η_W g_W (none) | S_W (titans) | η_W S_W (scaled, ema)
         R = (1 − α_t) W₀ with retain "initial" (W₀ = ``anchor``), else 0
-        W ← W(α_t I − η_W k_t k_tᵀ) + R − step_W   on the key-consuming weight with DGD,
+        W ← W(α_t I − η_W k_t k_tᵀ) + R − step_W   on the key-consuming weight with DGD (gate_form "eq92"),
+        W ← α_t W(I − η_W k_t k_tᵀ) + R − step_W   the same with gate_form "yang" (design.md S12),
         W ← α_t W + R − step_W                      otherwise,
         y_t = M_t(q_t) (read "after"), M_{t−1}(q_t) (read "before") or M_{b(t)}(q_t) (read "boundary").
     """
@@ -88,7 +89,7 @@ def memory_scan_reference(spec: MemorySpec, state: State, q: Tensor, k: Tensor, 
     boundary = {n: state[f"{n}_b"] for n in names}
     ones = torch.ones_like(eta)
     if spec.eigen == "signed":
-        eta = eta * (2 * ones if alpha is None else 1 + alpha)
+        eta = eta * (2 * ones if alpha is None or spec.gate_form == "yang" else 1 + alpha)
     alpha = ones if alpha is None else alpha
     length = q.shape[-2]
     starts = {start for start, _ in chunk_bounds(pos, length, spec.chunk_size) if (pos + start) % spec.chunk_size == 0}
@@ -131,7 +132,10 @@ def memory_scan_reference(spec: MemorySpec, state: State, q: Tensor, k: Tensor, 
             if spec.rule == "dgd" and n == dgd_weight:
                 key = kt.mT  # (..., d_in, 1)
                 eye = torch.eye(key.shape[-2], dtype=key.dtype, device=key.device)
-                new[n] = cur[n] @ (alpha_t * eye - eta_n * (key @ key.mT)) - step
+                if spec.gate_form == "yang":
+                    new[n] = alpha_t * (cur[n] @ (eye - eta_n * (key @ key.mT))) - step
+                else:
+                    new[n] = cur[n] @ (alpha_t * eye - eta_n * (key @ key.mT)) - step
             else:
                 new[n] = alpha_t * cur[n] - step
             if spec.retain == "initial":

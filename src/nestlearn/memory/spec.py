@@ -18,6 +18,10 @@ Conventions (one sample, one head; the implementation carries a batch and a head
 * Inner rule (``rule``) on the weight that consumes k (W for linear, W₂ for the MLP; D6):
   - ``"gd"``: W ← α_t W − (step)  [T Eq 13].
   - ``"dgd"``: W ← W(α_t I − η_t k_t k_tᵀ) − (step)  [NL-L Eq 88]; other weights decay by α_t only.
+* Where the retention meets the delta rule (``gate_form``, design.md S12; DGD only):
+  ``"eq92"`` W(α_t I − η_t k_t k_tᵀ), α_t on the identity alone [NL-L Eqs 88, 92]; ``"yang"``
+  α_t W(I − η_t k_t k_tᵀ), α_t on the whole transition (Gated DeltaNet as Yang et al. 2024 publish it).
+  Eq 92's form is Yang's minus (1 − α_t) η_t W k_t k_tᵀ; they agree without decay.
 * Momentum (``momentum``), with g_t the inner gradient at the boundary state:
   - ``"none"``: step = η_t g_t  [T Eq 8 with decay, Eq 13].
   - ``"titans"``: S_t = β_t S_{t−1} + η_t g_t, step = S_t. Titans' surprise [T Eqs 9–10, 13–14] is −S_t
@@ -27,7 +31,8 @@ Conventions (one sample, one head; the implementation carries a batch and a head
     gradient is 1, so it cannot amplify the step (``"scaled"`` amplifies it by 1/(1 − β)); design.md, S1.
 * Step range (``eigen``, design.md S2): the effective step is η_t (``"positive"``) or (1 + α_t) η_t
   (``"signed"``; α ≡ 1 without decay). Along a unit key the DGD transition α_t − η_t‖k‖² then spans
-  [−1, α_t) instead of [0, α_t): negative eigenvalues, which state tracking needs.
+  [−1, α_t) instead of [0, α_t): negative eigenvalues, which state tracking needs. With
+  ``gate_form="yang"`` the signed step is 2η_t, so α_t(1 − 2η_t‖k‖²) spans (−α_t, α_t) (S12).
 * Step normalisation (``step_norm``, design.md S3), per weight X with input p_X (k for the weight that
   consumes k, σ(W₂k) for W₁), applied to the effective step in both of its terms (DGD and gradient):
   ``"none"``; ``"implicit"`` η/(1 + η‖p_X‖²) (Eq 57 extended to every weight); ``"bounded"``
@@ -55,7 +60,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from nestlearn.errors import check_choice, check_positive
+from nestlearn.errors import ConfigError, check_choice, check_positive
 
 KINDS = ("linear", "mlp")
 OBJECTIVES = ("l2", "dot")
@@ -67,6 +72,7 @@ RETAINS = ("zero", "initial")
 READS = ("after", "before", "boundary")
 ACTIVATIONS = ("silu", "gelu")
 WRITE_GRADS = ("differentiable", "stopgrad")
+GATE_FORMS = ("eq92", "yang")
 
 
 @dataclass(frozen=True)
@@ -87,6 +93,8 @@ class MemorySpec:
         step_norm: ``"none"``, ``"implicit"`` or ``"bounded"``.
         retain: ``"zero"`` or ``"initial"`` (decay toward the anchor W₀).
         write_bound: τ ≥ 0, bound on ‖g_t‖_F per weight and token (0: none).
+        gate_form: ``"eq92"`` (α on the identity of the DGD transition) or ``"yang"`` (α on all of
+            it); ``"yang"`` needs ``rule="dgd"``.
         field: dotted config prefix used in error messages.
     """
 
@@ -103,6 +111,7 @@ class MemorySpec:
     step_norm: str = "none"
     retain: str = "zero"
     write_bound: float = 0.0
+    gate_form: str = "eq92"
     field: str = "memory"
 
     def __post_init__(self) -> None:
@@ -118,6 +127,11 @@ class MemorySpec:
         check_choice(f"{self.field}.step_norm", self.step_norm, STEP_NORMS)
         check_choice(f"{self.field}.retain", self.retain, RETAINS)
         check_positive(f"{self.field}.write_bound", self.write_bound, allow_zero=True)
+        check_choice(f"{self.field}.gate_form", self.gate_form, GATE_FORMS)
+        if self.gate_form == "yang" and self.rule != "dgd":
+            # Without the DGD term there is no transition for α to multiply beyond the identity.
+            raise ConfigError(f"{self.field}.gate_form", f"'yang' needs {self.field}.rule='dgd'; with "
+                              f"rule={self.rule!r} the only allowed value is 'eq92'")
 
     @property
     def weight_names(self) -> tuple[str, ...]:

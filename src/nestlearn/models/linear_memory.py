@@ -9,15 +9,22 @@ on the state, so the chunk size changes only speed:
   [NL-L Eqs 15–16];
 * ``deltanet``: DGD, the delta rule with a learned η_t — M_t = M_{t−1}(I − η_t k_t k_tᵀ) + η_t v_t k_tᵀ
   [NL-L Eq 65];
-* ``gated_deltanet``: DGD with a learned retention gate α_t — M_t = M_{t−1}(α_t I − η_t k_t k_tᵀ) +
-  η_t v_t k_tᵀ ([NL-L Eq 92] sign-corrected, [T App. C Eq 33] with η = 0).
+* ``gated_deltanet``: DGD with a learned retention gate α_t on the whole delta-rule transition, as
+  Yang et al. (2024) publish Gated DeltaNet — M_t = α_t M_{t−1}(I − η_t k_t k_tᵀ) + η_t v_t k_tᵀ
+  (``model.gate_form=yang``, the default). ``model.gate_form=eq92`` selects NL-L Eq 92's form
+  (sign-corrected; [T App. C Eq 33] with η = 0), α_t on the identity only —
+  M_t = M_{t−1}(α_t I − η_t k_t k_tᵀ) + η_t v_t k_tᵀ, Yang's form minus (1 − α_t) η_t M_{t−1} k_t k_tᵀ.
+  Checkpoints written before the switch existed load as ``eq92``, the form they were trained with
+  (design.md S12).
 
-``model.eigen=signed`` doubles the step range, so the transition along k reaches −1 (design.md S2).
+``model.eigen=signed`` widens the step range so the transition along k goes below 0 (design.md S2):
+to −1 under Eq 92's form, to −α_t under Yang's (steps up to 2).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 from nestlearn.models.lm import register_family
 from nestlearn.models.titans import MemoryLMConfig
@@ -53,7 +60,12 @@ class DeltaNetConfig(MemoryLMConfig):
 @register_family("gated_deltanet")
 @dataclass
 class GatedDeltaNetConfig(MemoryLMConfig):
-    """Gated DeltaNet: M_t = M_{t−1}(α_t I − η_t k_t k_tᵀ) + η_t v_t k_tᵀ."""
+    """Gated DeltaNet: M_t = α_t M_{t−1}(I − η_t k_t k_tᵀ) + η_t v_t k_tᵀ (``gate_form="eq92"``:
+    M_t = M_{t−1}(α_t I − η_t k_t k_tᵀ) + η_t v_t k_tᵀ)."""
+
+    # A stored config (checkpoint, run folder, Hugging Face folder) from before gate_form existed was
+    # trained with Eq 92's form; it loads as that form, not as today's default (config.from_dict).
+    LEGACY_VALUES: ClassVar[dict[str, Any]] = {"gate_form": "eq92"}
 
     memory_kind: str = "linear"
     objective: str = "dot"
@@ -61,3 +73,4 @@ class GatedDeltaNetConfig(MemoryLMConfig):
     momentum: str = "none"
     eta_init: float = 0.5
     decay: bool = True
+    gate_form: str = "yang"

@@ -102,8 +102,9 @@ def families() -> dict[str, type[LMConfig]]:
     return dict(_FAMILIES)
 
 
-def model_config_from_dict(data: dict[str, Any]) -> LMConfig:
-    """Build the family config named by ``data["family"]`` from the rest of ``data``."""
+def model_config_from_dict(data: dict[str, Any], stored: bool = False) -> LMConfig:
+    """Build the family config named by ``data["family"]`` from the rest of ``data``; ``stored``: read
+    back from a checkpoint, so fields it predates take their legacy values (:func:`nestlearn.config.from_dict`)."""
     from nestlearn.config import from_dict
 
     data = dict(data)
@@ -111,7 +112,7 @@ def model_config_from_dict(data: dict[str, Any]) -> LMConfig:
     registry = families()
     if not isinstance(name, str) or name not in registry:
         raise ConfigError("model.family", f"must be one of {', '.join(sorted(registry))}, got {name!r}")
-    return from_dict(registry[name], data, prefix="model")
+    return from_dict(registry[name], data, prefix="model", stored=stored)
 
 
 def model_config_to_dict(cfg: LMConfig) -> dict[str, Any]:

@@ -44,6 +44,8 @@ class MemoryLMConfig(LMConfig):
         write_grad: ``"differentiable"`` or ``"stopgrad"`` outer gradients through the memory writes (D3).
         eigen, step_norm, retain, write_bound: the primitive's range and stability switches
             (:class:`~nestlearn.memory.MemorySpec`; design.md S2–S5).
+        gate_form: where α_t meets a DGD transition: ``"eq92"`` W(α_t I − η_t k_t k_tᵀ) or ``"yang"``
+            α_t W(I − η_t k_t k_tᵀ) (design.md S12); ``"yang"`` needs ``rule="dgd"``.
     """
 
     bounded_context = False
@@ -73,6 +75,7 @@ class MemoryLMConfig(LMConfig):
     step_norm: str = "none"
     retain: str = "zero"
     write_bound: float = 0.0
+    gate_form: str = "eq92"
 
     def validate(self) -> None:
         super().validate()
@@ -105,7 +108,7 @@ class MemoryLMConfig(LMConfig):
         return MemorySpec(kind=self.memory_kind, objective=self.objective, rule=self.rule, momentum=self.momentum,
                           chunk_size=self.chunk_size, read=self.read, activation=self.memory_activation,
                           write_grad=self.write_grad, eigen=self.eigen, step_norm=self.step_norm, retain=self.retain,
-                          write_bound=self.write_bound, field="model")
+                          write_bound=self.write_bound, gate_form=self.gate_form, field="model")
 
     def memory_layer(self) -> MemoryLayer:
         return MemoryLayer(self.d_model, self.n_heads, self.memory_spec(), memory_hidden=self.memory_hidden,

@@ -127,6 +127,14 @@ def run_config_from_dict(data: dict[str, Any]) -> RunConfig:
     )
 
 
+def stored_run_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A run config dict read back from a checkpoint, its model section as that run was trained: every
+    field filled in, those the checkpoint predates at their legacy values (:func:`nestlearn.config.from_dict`)."""
+    if not isinstance(config.get("model"), dict):
+        return config
+    return {**config, "model": model_config_to_dict(model_config_from_dict(config["model"], stored=True))}
+
+
 def load_run_config(path: str | Path | None, overrides: list[str] | None = None,
                     base: dict[str, Any] | None = None) -> RunConfig:
     """``base`` dict, then the YAML file, then ``--set`` overrides, in that order of precedence."""

@@ -40,7 +40,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Ca
     path = Path(path)
     tensors, meta = load_checkpoint(path)
     try:
-        model_cfg = model_config_from_dict(meta["config"]["model"])
+        model_cfg = model_config_from_dict(meta["config"]["model"], stored=True)
     except KeyError:
         raise CheckpointError(f"{path}: metadata has no model config") from None
     model = CausalLM(model_cfg)

@@ -32,7 +32,7 @@ from nestlearn.provenance import provenance
 from nestlearn.switches import resolved_switches
 from nestlearn.train.checkpoint import (decode_bytes, encode_bytes, flatten, load_checkpoint, remove_stale_temp_files,
                                         save_checkpoint, unflatten)
-from nestlearn.train.config import OPERATIONAL_FIELDS, RunConfig, config_diff
+from nestlearn.train.config import OPERATIONAL_FIELDS, RunConfig, config_diff, stored_run_config
 from nestlearn.train.distributed import (all_reduce_sum, barrier, broadcast_object, check_optimizer, full_tensor,
                                          gather_full, grad_sync, local_rows, setup,
                                          shard_optimizer_state, wrap_model)
@@ -143,6 +143,7 @@ class Trainer:
         saved = meta.get("config")
         if saved is None:
             raise CheckpointError(f"{path}: metadata has no config")
+        saved = stored_run_config(saved)
         mine = self.cfg.to_dict()
         if mine["model"].get("vocab_size") is None:
             mine["model"]["vocab_size"] = saved["model"].get("vocab_size")

@@ -11,6 +11,7 @@ with the signed eigenvalue range (design.md S2), ``hope_formal`` Hope as configs
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import multiprocessing
@@ -27,7 +28,7 @@ from tqdm.auto import tqdm
 
 from nestlearn.config import from_dict
 from nestlearn.data.synthetic.base import TaskBatch
-from nestlearn.eval.tasks import task_model
+from nestlearn.eval.tasks import fit_task, task_loss, task_model
 from nestlearn.models.lm import CausalLM, LMConfig, families
 
 NAMES = {"lstm": "LSTM", "transformer": "Transformer++", "titans": "Titans", "deltanet": "DeltaNet",
@@ -132,11 +133,33 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def _cached(path: Path, settings: dict[str, Any], ignore: tuple[str, ...]) -> dict[str, Any] | None:
-    """The stored result of a cell run with the same settings (up to the ``ignore`` fields), else None."""
+def behaviour_digest(model: CausalLM, batch: TaskBatch, lr: float, steps: int = 2) -> str:
+    """A digest of what the code computes for one cell: its first training batch, the losses of
+    ``steps`` AdamW steps on it and the trained model's loss on it, to 4 significant digits.
+
+    Keying a cell by this digest beside its settings reruns it exactly when a code change alters
+    what it computes (model, initialisation, data generator, training loop), and keeps it when the
+    change does not. Four digits absorb the last-bit differences between CPUs and thread counts.
+    ``model`` is trained in place: pass a fresh copy.
+    """
+    losses = fit_task(model, lambda _: batch, steps, lr, clip=1.0)
+    model.eval()
+    with torch.no_grad():
+        losses.append(task_loss(model, batch).item())
+    data = [batch.inputs, batch.targets] + ([] if batch.target_sets is None else [batch.target_sets])
+    text = "|".join(t.cpu().numpy().tobytes().hex() for t in data) + "|" + ",".join(f"{v:.4g}" for v in losses)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _cached(path: Path, settings: dict[str, Any], ignore: tuple[str, ...],
+            digest: str | None = None) -> dict[str, Any] | None:
+    """The stored result of a cell run with the same settings (up to the ``ignore`` fields) and, when
+    ``digest`` is given, the same behaviour digest; else None."""
     if not path.is_file():
         return None
     stored = json.loads(path.read_text(encoding="utf-8"))
+    if digest is not None and stored.get("digest") != digest:
+        return None
 
     def key(s: dict[str, Any] | None) -> dict[str, Any] | None:
         # Round-trip through JSON so tuples compare equal to the stored lists.
@@ -147,14 +170,17 @@ def _cached(path: Path, settings: dict[str, Any], ignore: tuple[str, ...]) -> di
 
 def run_cells(fn: Callable[..., dict[str, Any]], cells: dict[str, tuple], settings: dict[str, Any],
               cache_dir: Path, jobs: int = 1, desc: str = "cells",
-              ignore: tuple[str, ...] = ()) -> dict[str, dict[str, Any]]:
+              ignore: tuple[str, ...] = (),
+              digest: Callable[..., str] | None = None) -> dict[str, dict[str, Any]]:
     """``fn(*args)`` for every ``name -> args`` of ``cells``; resumable and optionally parallel.
 
     Each result is stored as ``cache_dir/<name>.json`` together with ``settings``; a later call with
     the same settings, apart from the fields in ``ignore`` (those that only choose which cells run,
     such as the list of models), reuses it, so an interrupted run continues where it stopped and a
-    run of a subset reuses the cells it shares. The key is the settings, not the code: delete the
-    folder after changing a model. With ``jobs > 1``
+    run of a subset reuses the cells it shares. With ``digest`` (``digest(*args)``, e.g. built on
+    :func:`behaviour_digest`) the key also holds what the code computes for the cell, so a code
+    change that alters a result reruns that cell; without it the key is the settings alone and a
+    changed model needs its cells deleted by hand. With ``jobs > 1``
     the cells run in that many spawned processes with the caller's torch thread count; every cell
     seeds its own model, so the results do not depend on ``jobs``. ``fn`` must be importable
     (module level) for the processes to find it.
@@ -162,12 +188,14 @@ def run_cells(fn: Callable[..., dict[str, Any]], cells: dict[str, tuple], settin
     if jobs < 1:
         raise ValueError(f"jobs must be a positive integer, got {jobs}")
     path = {name: cache_dir / (name.replace("/", "_") + ".json") for name in cells}
-    done = {name: r for name in cells if (r := _cached(path[name], settings, ignore)) is not None}
+    digests = {name: None if digest is None else digest(*args) for name, args in cells.items()}
+    done = {name: r for name in cells if (r := _cached(path[name], settings, ignore, digests[name])) is not None}
     todo = [name for name in cells if name not in done]
     bar = tqdm(total=len(cells), initial=len(done), desc=desc, unit="run", dynamic_ncols=True)
 
     def store(name: str, result: dict[str, Any]) -> None:
-        write_json(path[name], {"settings": settings, "result": result})
+        write_json(path[name], {"settings": settings, "result": result,
+                                **({} if digests[name] is None else {"digest": digests[name]})})
         done[name] = result
         bar.set_postfix_str(name)
         bar.update(1)
