@@ -27,6 +27,7 @@ from nestlearn.data.synthetic.base import TaskBatch
 from nestlearn.eval.suite import Section
 from nestlearn.eval.suite.common import (
     NAMES,
+    behaviour_digest,
     command,
     mean_std,
     nonfinite,
@@ -38,6 +39,7 @@ from nestlearn.eval.suite.common import (
     write_json,
 )
 from nestlearn.eval.tasks import fit_task, task_accuracy
+from nestlearn.models.lm import CausalLM
 
 KEY = "mqar"
 
@@ -99,13 +101,24 @@ def _data(s: MQARSettings, seed: int) -> list[tuple[TaskBatch, TaskBatch]]:
     return data
 
 
-def run_cell(s: MQARSettings, seed: int, family: str, lr: float) -> dict[str, Any]:
-    """Train one model at one rate on the settings in turn (one batch of one setting per step); accuracy per setting."""
+def _setup(s: MQARSettings, seed: int, family: str) -> tuple[list[tuple[TaskBatch, TaskBatch]], list[np.ndarray], CausalLM]:
+    """The data, the batch order and the fresh model of one cell."""
     data = _data(s, seed)
     rng = np.random.default_rng(derive_seed(seed, "mqar/batches"))
     order = [rng.integers(0, s.train_count, size=s.batch_size) for _ in range(s.steps)]
     longest = max(L for L, _ in s.settings)
-    model = suite_model(family, s.d_model, s.n_layers, longest, data[0][0], seed)
+    return data, order, suite_model(family, s.d_model, s.n_layers, longest, data[0][0], seed)
+
+
+def cell_digest(s: MQARSettings, seed: int, family: str, lr: float) -> str:
+    """The behaviour digest of one cell (common.behaviour_digest on its first training batch)."""
+    data, order, model = _setup(s, seed, family)
+    return behaviour_digest(model, _rows(data[0][0], order[0]), lr)
+
+
+def run_cell(s: MQARSettings, seed: int, family: str, lr: float) -> dict[str, Any]:
+    """Train one model at one rate on the settings in turn (one batch of one setting per step); accuracy per setting."""
+    data, order, model = _setup(s, seed, family)
     # Process CPU time, not wall time: the cost of the cell alone on a shared or paused machine.
     t0 = time.process_time()
     losses = fit_task(model, lambda step: _rows(data[step % len(data)][0], order[step]), s.steps, lr, clip=1.0)
@@ -119,11 +132,13 @@ def run(s: MQARSettings, out_dir: Path, seed: int = 0, jobs: int = 1) -> dict[st
     """Every model × rate × seed of ``s`` (``jobs`` processes, resumable); writes ``mqar.json``.
 
     Cells are named ``seed/model/lr`` and stored without the model list, the grid and the seed
-    count, so adding a model or a rate reuses the cells already trained."""
+    count, so adding a model or a rate reuses the cells already trained; their behaviour digest
+    reruns the cells a code change alters."""
     seeds = [seed + i for i in range(s.seeds)]
     cells = {f"{sd}/{fam}/{lr:g}": (s, sd, fam, lr) for fam in s.models for lr in s.lrs for sd in seeds}
     t0 = time.perf_counter()
-    done = run_cells(run_cell, cells, asdict(s), out_dir / "cells", jobs, "mqar", ignore=("models", "seeds", "lrs"))
+    done = run_cells(run_cell, cells, asdict(s), out_dir / "cells", jobs, "mqar", ignore=("models", "seeds", "lrs"),
+                     digest=cell_digest)
     runs = {str(sd): {fam: {f"{lr:g}": done[f"{sd}/{fam}/{lr:g}"] for lr in s.lrs} for fam in s.models}
             for sd in seeds}
     result = {"settings": asdict(s), "seeds": seeds, "runs": runs, "seconds": time.perf_counter() - t0,
