@@ -56,7 +56,9 @@ def mqar(n: int, seed: int, *, seq_len: int = 64, num_pairs: int = 4, vocab_size
 
     Layout of a row: the context ``k1 v1 … kD vD`` (2D tokens), then a query region of L − 2D tokens
     where key k_i sits at offset 2·g_i, with distinct gaps g_i drawn with P(g) ∝ a·(g+1)^(a−1).
-    Keys come from [1, V/2), values from [V/2, V), each without replacement within a row.
+    Keys come from [1, V/2), values from [V/2, V), each without replacement within a row. As in
+    Zoology, the token after a query is filler, not its value: the answer never enters the input,
+    so a later query cannot be answered from an earlier query's echo.
 
     Args:
         n: number of sequences.
@@ -104,7 +106,6 @@ def mqar(n: int, seed: int, *, seq_len: int = 64, num_pairs: int = 4, vocab_size
     rows = np.arange(n)[:, None]
     query_pos = 2 * D + 2 * gaps
     seq[rows, query_pos] = keys
-    seq[rows, query_pos + 1] = values
     inputs = seq[:, :-1].copy()
     targets = np.full((n, L), IGNORE_INDEX, dtype=np.int64)
     targets[rows, query_pos] = values

@@ -19,7 +19,7 @@ import os
 import statistics
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +57,39 @@ def suite_config(name: str, d_model: int, n_layers: int, max_seq_len: int) -> LM
     for key, value in switches.items():
         data[key] = {**data.get(key, {}), **value} if isinstance(value, dict) else value
     return from_dict(families()[family], data, prefix="model")
+
+
+# Sizes every section states in its protocol line; the settings line lists only the other differences.
+_SIZE_FIELDS = ("d_model", "n_layers", "max_seq_len", "vocab_size")
+
+
+def _flat(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
+def non_default_settings(name: str) -> dict[str, Any]:
+    """The fields of row ``name``'s suite config that differ from its family's library defaults
+    (dotted names, sizes left out): what a reader needs to rebuild the row from the library."""
+    family, _ = VARIANTS.get(name, (name, {}))
+    default = _flat(asdict(families()[family]()))
+    used = _flat(asdict(suite_config(name, 64, 2, 128)))
+    return {k: v for k, v in used.items() if k not in _SIZE_FIELDS and default.get(k) != v}
+
+
+def settings_line(names: Sequence[str]) -> str:
+    """One Markdown bullet naming every row's settings that differ from the library defaults."""
+    parts = []
+    for name in names:
+        diff = non_default_settings(name)
+        text = ", ".join(f"{k} = {list(v) if isinstance(v, tuple) else v}" for k, v in diff.items())
+        parts.append(f"{NAMES[name]}: {text or 'library defaults'}")
+    return "- Settings that differ from the library defaults (besides the sizes above): " + "; ".join(parts) + "."
 
 
 def suite_model(name: str, d_model: int, n_layers: int, max_seq_len: int, example: TaskBatch,
