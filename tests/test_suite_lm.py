@@ -3,7 +3,9 @@
 from dataclasses import replace
 
 from nestlearn.eval.suite.lm import (
+    FULL,
     QUICK,
+    best_rates,
     choose_cms_signal,
     hope_model,
     markdown,
@@ -45,16 +47,17 @@ def test_plan_covers_models_ablations_and_signals():
 def test_micro_run_scores_every_model_and_writes_tables(tmp_path):
     budget = replace(QUICK, d_model=16, steps=2, warmup_steps=1, seq_len=16, batch_size=2, eval_tokens=256,
                      chunk_sizes=(8, 4), selfmod_chunks=(4, 8), threads=1)
-    results = run(budget, tmp_path, tables=("models",), isolate=False, progress=False)
+    results = run(budget, tmp_path, tables=("models",), isolate=False)
     summary = summarise(results)
-    assert set(summary["models"]) == {"transformer", "titans", "hope_attention", "hope"}
+    assert set(summary["models"]) == {"transformer", "titans", "gated_deltanet", "hope_attention", "hope"}
     assert summary["models"]["transformer"]["carried"] is None
     assert 0 < summary["models"]["hope"]["carried"] < 9  # recurrent models are also scored with carried state
     for s in summary["models"].values():
         assert 0 < s["mean"] < 9 and s["tok_s"] > 0
     text = markdown(summary, budget, "cmd")
-    assert "| Hope | 16 |" in text and "Transformer++" in text
-    assert (tmp_path / "lm_results.json").exists()
+    assert "| Hope | 16 |" in text and "Transformer++" in text and "Gated DeltaNet" in text
+    assert summary["models"]["hope"]["steps"] == 2 and summary["models"]["hope"]["nonfinite_steps"] == 0
+    assert len(list((tmp_path / "cells").glob("models_*.json"))) == 5
 
 
 def test_an_interrupted_run_resumes_without_retraining(tmp_path, monkeypatch):
@@ -62,23 +65,39 @@ def test_an_interrupted_run_resumes_without_retraining(tmp_path, monkeypatch):
 
     budget = replace(QUICK, d_model=16, steps=1, warmup_steps=1, seq_len=16, batch_size=2, eval_tokens=64,
                      chunk_sizes=(8, 4), selfmod_chunks=(4, 8), threads=1)
-    first = run(budget, tmp_path, tables=("models",), isolate=False, progress=False)
+    first = run(budget, tmp_path, tables=("models",), isolate=False)
 
     def fail(*args):
         raise AssertionError("a finished row was trained again")
 
     monkeypatch.setattr(lm, "train_row", fail)
-    again = run(budget, tmp_path, tables=("models",), isolate=False, progress=False)
+    again = run(budget, tmp_path, tables=("models",), isolate=False)
     assert [r["result"]["bpb"] for r in again] == [r["result"]["bpb"] for r in first]
 
 
-def test_diverged_and_overflowed_rows_are_reported_not_averaged():
-    def row(table, key, bpb, carried, diverged=None, seed=0):
-        return {"table": table, "key": key, "label": key, "seed": seed,
-                "result": {"bpb": bpb, "bpb_carried": carried, "diverged_at": diverged, "tok_s": 10.0,
-                           "peak_rss_mb": 1.0, "parameters": 5, "d_model": 8, "switches": [], "recurrent": True}}
+def test_a_row_whose_behaviour_changes_is_trained_again(tmp_path, monkeypatch):
+    from nestlearn.eval.suite import lm
 
-    summary = summarise([row("models", "hope", 2.0, None), row("ablations", "no_dgd", None, None, diverged=3),
+    budget = replace(QUICK, d_model=16, steps=1, warmup_steps=1, seq_len=16, batch_size=2, eval_tokens=64,
+                     chunk_sizes=(8, 4), selfmod_chunks=(4, 8), threads=1)
+    run(budget, tmp_path, tables=("models",), isolate=False)
+    retrained = []
+    real = lm.train_row
+    monkeypatch.setattr(lm, "train_row", lambda row, *a: retrained.append(row["key"]) or real(row, *a))
+    digest = lm.cell_digest
+    monkeypatch.setattr(lm, "cell_digest", lambda row, *a: digest(row, *a) + ("x" if row["key"] == "titans" else ""))
+    run(budget, tmp_path, tables=("models",), isolate=False)
+    assert retrained == ["titans"]
+
+
+def test_diverged_and_overflowed_rows_are_reported_not_averaged():
+    def row(table, key, bpb, carried, diverged=None, seed=0, lr=None):
+        return {"table": table, "key": key, "label": key, "seed": seed, "lr": lr,
+                "result": {"bpb": bpb, "bpb_carried": carried, "diverged_at": diverged, "tok_s": 10.0,
+                           "peak_rss_mb": 1.0, "parameters": 5, "d_model": 8, "switches": [], "recurrent": True,
+                           "steps": 3 if diverged else 4, "nonfinite_steps": int(diverged is not None), "cpu_min": 0.5}}
+
+    summary = summarise([row("models", "hope", 2.0, None, lr=3e-3), row("ablations", "no_dgd", None, None, diverged=3),
                          row("signals", "kv", 2.1, 2.0), row("signals", "lss", None, None, diverged=1)])
     assert summary["ablations"]["no_dgd"]["mean"] is None
     assert "diverged (step 3)" in summary["ablations"]["no_dgd"]["note"]
@@ -86,3 +105,27 @@ def test_diverged_and_overflowed_rows_are_reported_not_averaged():
     text = markdown(summary, QUICK, "cmd")
     assert "overflowed" in text and "training diverged (step 3)" in text
     assert "decision rule → `kv`" in text
+
+
+def test_the_models_table_tunes_each_family_on_the_grid_and_reports_its_best_rate():
+    rows = plan(FULL)
+    first = [r for r in rows if r.table == "models"]
+    assert {(r.key, r.lr) for r in first} == {(f, lr) for f in {r.key for r in first} for lr in FULL.lrs}
+    assert {r.seed for r in first} == {FULL.seeds[0]}
+
+    def result(key, lr, bpb, seed=0):
+        return {"table": "models", "key": key, "label": key, "seed": seed, "lr": lr,
+                "result": {"bpb": bpb, "bpb_carried": None, "diverged_at": None if bpb else 5, "tok_s": 1.0,
+                           "peak_rss_mb": 1.0, "parameters": 5, "d_model": 8, "switches": [], "recurrent": False,
+                           "steps": 10, "nonfinite_steps": 0 if bpb else 1, "cpu_min": 1.0}}
+
+    grid = [result("hope", 1e-3, 2.3), result("hope", 3e-3, 2.1), result("hope", 6e-3, None)]
+    assert best_rates(grid) == {"hope": 3e-3}
+    second = [r for r in plan(FULL, {"hope": 3e-3}) if r.table == "models" and r.seed != FULL.seeds[0]]
+    assert {(r.key, r.lr) for r in second} == {("hope", 3e-3)} and {r.seed for r in second} == set(FULL.seeds[1:])
+    summary = summarise(grid + [result("hope", 3e-3, 2.2, seed=1), result("hope", 3e-3, 2.0, seed=2)])["models"]["hope"]
+    assert summary["lr"] == 3e-3 and summary["seeds"] == [0, 1, 2] and abs(summary["mean"] - 2.1) < 1e-12
+    assert summary["grid"] == {1e-3: 2.3, 3e-3: 2.1, 6e-3: None}
+    assert summary["nonfinite_steps"] == 1 and summary["cpu_min"] == 5.0
+    text = markdown({"models": {"hope": summary}}, FULL, "cmd")
+    assert "| hope | 8 | 5 | 0.003 | 3 | 2.100 ± 0.100 |" in text and "2.300 / 2.100 / —" in text

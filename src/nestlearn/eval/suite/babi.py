@@ -28,6 +28,7 @@ from nestlearn.eval.suite.probes import (
     status_lines,
     task_mean,
     training_line,
+    verdicts,
 )
 from nestlearn.eval.text import babi_scores
 
@@ -80,7 +81,9 @@ def markdown(result: dict[str, Any], quick: bool, seed: int, plot_name: str) -> 
              f"{s['steps']} steps of batch {s['batch_size']}, AdamW lr {s['lr']}; every model d_model {s['d_model']}, "
              f"{s['n_layers']} layers. Scored on the KJV test split, {s['samples']} samples per cell; "
              "length 0 is the story alone."),
-             training_line(result)]
+             training_line(result),
+             "- Calibration (the strongest baseline's ranking accuracy at the shortest length; tasks.md §1):",
+             *("  " + line for line in verdicts(result, label))]
     if quick:
         lines.append("- **Quick setting**: eight training steps and 2 samples per cell; a smoke run, not evidence.")
     lines += ["", f"Ranking accuracy (%; the answer strictly first within the task's answer set; chance {CHANCE}):",

@@ -60,6 +60,11 @@ def suite_config(name: str, d_model: int, n_layers: int, max_seq_len: int) -> LM
 
 
 # Sizes every section states in its protocol line; the settings line lists only the other differences.
+# tasks.md §1: below UNINFORMATIVE at the easiest setting no baseline has learned the task, so a
+# section ranks nothing there; below LEARNED the best model is named but the section says so.
+UNINFORMATIVE, LEARNED = 0.5, 0.9
+# Rows that are not baselines: the bar is set by the strongest of the others.
+HOPE_ROWS = ("hope", "hope_attention", "hope_formal")
 _SIZE_FIELDS = ("d_model", "n_layers", "max_seq_len", "vocab_size")
 
 

@@ -2,7 +2,7 @@
 
 Three tables, all byte-level KJV (data.md §1), equal tokens for every row, validation bits per byte:
 
-* **models**: Transformer++, Titans, Hope-Attention and Hope at equal non-embedding parameters (the
+* **models**: Transformer++, Titans, Gated DeltaNet, Hope-Attention and Hope at equal non-embedding parameters (the
   baselines' widths are searched to match Hope's count; NL-L Table 2 is the paper's counterpart);
 * **ablations**: Hope with each Table-6 switch flipped (NL-L §9.6, spec §9.8), plus the literal
   spec's unnormalised v (``selfmod.v_norm = "none"``; the project's default is ``"l2"``) and each
@@ -19,6 +19,7 @@ and the peak resident memory of the process that trained it (each row runs in a 
 from __future__ import annotations
 
 import concurrent.futures
+import hashlib
 import json
 import math
 import multiprocessing
@@ -33,6 +34,7 @@ from typing import Any
 import torch
 
 from nestlearn.eval.suite import Section
+from nestlearn.eval.suite.common import run_cells
 from nestlearn.models.lm import match_width
 
 SIGNALS = ("kv", "lss", "optimizer")
@@ -69,7 +71,10 @@ class Budget:
 
     Attributes:
         d_model, n_layers: Hope's size; the baselines get Hope's parameter count.
-        seq_len, batch_size, steps, warmup_steps, lr: training (AdamW, weight decay 0.1, cosine).
+        seq_len, batch_size, steps, warmup_steps, lr: training (AdamW, weight decay 0.1, cosine); ``lr``
+            is the rate of the ablation and signal rows.
+        lrs: the models table's learning-rate grid: every family trains its first seed at each rate,
+            and its other seeds at the rate that gave the lowest validation bpb (issue 15's fair tuning).
         eval_tokens: validation targets scored per row.
         seeds: seeds of the model rows (three for the headline comparison).
         ablation_seeds: seeds of the ablation rows.
@@ -95,17 +100,20 @@ class Budget:
     ablation_seeds: tuple[int, ...] = (0,)
     selfmod_chunks: tuple[int, int] = (16, 64)
     threads: int = 1
+    lrs: tuple[float, ...] = (3e-3,)
 
 
 QUICK = Budget(d_model=48, n_layers=2, seq_len=64, batch_size=4, steps=40, warmup_steps=5, lr=3e-3,
                eval_tokens=4096, seeds=(0,), signal_seeds=(0,), chunk_sizes=(32, 16, 8), selfmod_chunks=(8, 16))
-FULL = Budget(d_model=64, n_layers=2, seq_len=512, batch_size=4, steps=150, warmup_steps=15, lr=3e-3,
-              eval_tokens=32768, seeds=(0, 1, 2), signal_seeds=(0, 1, 2), chunk_sizes=(256, 64, 16))
+FULL = Budget(d_model=64, n_layers=2, seq_len=512, batch_size=4, steps=1000, warmup_steps=100, lr=3e-3,
+              eval_tokens=32768, seeds=(0, 1, 2), signal_seeds=(0, 1, 2), chunk_sizes=(256, 64, 16),
+              lrs=(1e-3, 3e-3, 6e-3))
 
 
 @dataclass(frozen=True)
 class Row:
-    """One training run: ``key`` names it within its ``table``; ``model`` is the full model config dict."""
+    """One training run: ``key`` names it within its ``table``; ``model`` is the full model config dict;
+    ``lr`` overrides the budget's learning rate (the models table's grid)."""
 
     table: str
     key: str
@@ -113,6 +121,11 @@ class Row:
     model: dict[str, Any]
     seed: int
     extra: dict[str, Any] = field(default_factory=dict)
+    lr: float | None = None
+
+    @property
+    def name(self) -> str:
+        return f"{self.table}/{self.key}/{self.seed}" + ("" if self.lr is None else f"/{self.lr:g}")
 
 
 def hope_model(budget: Budget, **overrides: Any) -> dict[str, Any]:
@@ -133,19 +146,26 @@ def non_embedding_parameters(model: dict[str, Any], vocab_size: int = 256) -> in
     return CausalLM(model_config_from_dict({**model, "vocab_size": vocab_size})).num_parameters(non_embedding=True)
 
 
-def plan(budget: Budget) -> list[Row]:
-    """Every row of the three tables, in the order they run."""
+def plan(budget: Budget, best: dict[str, float] | None = None) -> list[Row]:
+    """Every row of the three tables, in the order they run.
+
+    The models table holds each family's first seed at every rate of ``budget.lrs`` and, for the
+    families in ``best`` (family -> chosen rate), its other seeds at that rate.
+    """
     hope = hope_model(budget)
     target = non_embedding_parameters(hope)
-    rows = []
-    for family, label in (("transformer", "Transformer++"), ("titans", "Titans"), ("hope_attention", "Hope-Attention")):
+    models = []
+    for family, label in (("transformer", "Transformer++"), ("titans", "Titans"), ("gated_deltanet", "Gated DeltaNet"),
+                          ("hope_attention", "Hope-Attention")):
         extra = {"cms": {"chunk_sizes": list(budget.chunk_sizes)}} if family == "hope_attention" else {}
         model = {"family": family, "n_layers": budget.n_layers, "max_seq_len": budget.seq_len, **extra}
         d, _ = match_width(model, target)
-        for seed in budget.seeds:
-            rows.append(Row("models", family, label, {**model, "d_model": d}, seed))
-    for seed in budget.seeds:
-        rows.append(Row("models", "hope", "Hope", hope, seed))
+        models.append((family, label, {**model, "d_model": d}))
+    models.append(("hope", "Hope", hope))
+    rates = sorted(budget.lrs, key=lambda lr: lr != budget.lr)  # the budget's own rate first
+    rows = [Row("models", family, label, model, budget.seeds[0], lr=lr) for lr in rates for family, label, model in models]
+    rows += [Row("models", family, label, model, seed, lr=best[family])
+             for seed in budget.seeds[1:] for family, label, model in models if best and family in best]
     for key, label, overrides in ABLATIONS:
         for seed in budget.ablation_seeds:
             rows.append(Row("ablations", key, label, hope_model(budget, **overrides), seed))
@@ -158,30 +178,69 @@ def plan(budget: Budget) -> list[Row]:
     return rows
 
 
+def best_rates(results: list[dict[str, Any]]) -> dict[str, float]:
+    """family -> the grid rate whose first-seed run scored the lowest validation bpb (only families
+    whose every grid run finished; a diverged run counts as worst)."""
+    grid: dict[str, dict[float, float]] = {}
+    for r in results:
+        if r["table"] == "models" and r["lr"] is not None:
+            bpb = r["result"]["bpb"]
+            grid.setdefault(r["key"], {})[r["lr"]] = math.inf if bpb is None else bpb
+    return {family: min(scores, key=scores.get) for family, scores in grid.items()}
+
+
+def _budget(budget: dict[str, Any]) -> Budget:
+    """A :class:`Budget` back from its ``asdict`` form (tuples restored)."""
+    tuples = ("seeds", "signal_seeds", "ablation_seeds", "chunk_sizes", "step_periods", "selfmod_chunks")
+    return Budget(**{k: tuple(v) if k in tuples else v for k, v in budget.items()})
+
+
+def _run_config(row: dict[str, Any], b: Budget, run_dir: Path) -> Any:
+    from nestlearn.train.config import load_run_config
+
+    return load_run_config(None, base={
+        "model": row["model"], "data": {"source": "kjv", "tokenizer": "byte"},
+        "optim": {"name": "adamw", "lr": row.get("lr") or b.lr, "weight_decay": 0.1, "betas": [0.9, 0.95]},
+        "train": {"seed": row["seed"], "steps": b.steps, "batch_size": b.batch_size, "seq_len": b.seq_len,
+                  "warmup_steps": b.warmup_steps, "threads": b.threads, "device": "cpu", "out_dir": str(run_dir),
+                  "eval_tokens": b.eval_tokens, "sample_tokens": 0}})
+
+
+def cell_digest(row: dict[str, Any], budget: dict[str, Any], out_dir: str, isolate: bool = True) -> str:
+    """The behaviour digest of one row: its model config and the losses of its first two training
+    steps, to 4 significant digits (the LM counterpart of :func:`~nestlearn.eval.suite.common.behaviour_digest`).
+
+    A code change that alters what a row computes (model, initialisation, data, training loop)
+    changes the digest, so :func:`run` trains that row again and reuses the others.
+    """
+    import tempfile
+
+    from nestlearn.train import Trainer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = Trainer(_run_config(row, _budget(budget), Path(tmp)), progress=False)
+        losses = [trainer.train_step()["loss"] for _ in range(2)]
+    text = json.dumps(row["model"], sort_keys=True) + "|" + ",".join(f"{v:.4g}" for v in losses)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 def train_row(row: dict[str, Any], budget: dict[str, Any], out_dir: str) -> dict[str, Any]:
     """Train one row and score it; runs in its own process so that its peak memory is its own.
 
     Returns:
         the row's numbers: ``bpb`` (state reset per window), ``bpb_carried`` (None for bounded
-        models), ``tok_s`` (training tokens per second), ``peak_rss_mb``, ``parameters`` and ``switches``.
+        models), ``tok_s`` (training tokens per second), ``peak_rss_mb``, ``parameters``, ``switches``,
+        ``steps`` (completed), ``nonfinite_steps`` (the trainer stops at the first one) and
+        ``cpu_min`` (CPU time of training and scoring).
     """
     from nestlearn.eval.lm import evaluate_bpb, evaluate_bpb_carried
     from nestlearn.switches import non_default_switches
     from nestlearn.train import Trainer
-    from nestlearn.train.config import load_run_config
     from nestlearn.train.trainer import TrainingDiverged
 
-    b = Budget(**{**budget, "seeds": tuple(budget["seeds"]), "signal_seeds": tuple(budget["signal_seeds"]),
-                  "ablation_seeds": tuple(budget["ablation_seeds"]),
-                  "chunk_sizes": tuple(budget["chunk_sizes"]), "step_periods": tuple(budget["step_periods"]),
-                  "selfmod_chunks": tuple(budget["selfmod_chunks"])})
-    run_dir = Path(out_dir) / f"{row['table']}-{row['key']}-seed{row['seed']}"
-    cfg = load_run_config(None, base={
-        "model": row["model"], "data": {"source": "kjv", "tokenizer": "byte"},
-        "optim": {"name": "adamw", "lr": b.lr, "weight_decay": 0.1, "betas": [0.9, 0.95]},
-        "train": {"seed": row["seed"], "steps": b.steps, "batch_size": b.batch_size, "seq_len": b.seq_len,
-                  "warmup_steps": b.warmup_steps, "threads": b.threads, "device": "cpu", "out_dir": str(run_dir),
-                  "eval_tokens": b.eval_tokens, "sample_tokens": 0}})
+    b = _budget(budget)
+    cpu0 = time.process_time()
+    cfg = _run_config(row, b, Path(out_dir) / Row(**row).name.replace("/", "-"))
     trainer = Trainer(cfg, progress=False)
     losses = []
     diverged_at = None
@@ -206,7 +265,18 @@ def train_row(row: dict[str, Any], budget: dict[str, Any], out_dir: str) -> dict
             "peak_rss_mb": peak_kb / 1024 if sys.platform != "darwin" else peak_kb / 2**20,
             "parameters": model.num_parameters(non_embedding=True), "final_train_loss": (losses or [None])[-1],
             "switches": [[p, v] for p, v, _ in non_default_switches(cfg.to_dict())],
-            "d_model": cfg.model.d_model, "recurrent": not model.config.bounded_context}
+            "d_model": cfg.model.d_model, "recurrent": not model.config.bounded_context,
+            "steps": len(losses), "nonfinite_steps": int(diverged_at is not None),
+            "cpu_min": (time.process_time() - cpu0) / 60}
+
+
+def train_cell(row: dict[str, Any], budget: dict[str, Any], out_dir: str, isolate: bool = True) -> dict[str, Any]:
+    """:func:`train_row`, in a fresh spawned process when ``isolate`` (so its peak memory is its own)."""
+    if not isolate:
+        return train_row(row, budget, out_dir)
+    ctx = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
+        return pool.submit(train_row, row, budget, out_dir).result()
 
 
 def _finite(x: float) -> float | None:
@@ -258,12 +328,18 @@ def _switches(rows: list[dict[str, Any]]) -> str:
 
 
 def summarise(results: list[dict[str, Any]]) -> dict[str, Any]:
-    """Group the rows by (table, key): means and seed stds of every number."""
+    """Group the rows by (table, key): means and seed stds of every number.
+
+    A models-table family is summarised at its chosen rate (:func:`best_rates`); its ``grid`` holds
+    the first seed's bpb at every rate, and its step, non-finite and CPU counts cover every run.
+    """
+    best = best_rates(results)
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for r in results:
         groups.setdefault((r["table"], r["key"]), []).append(r)
     out: dict[str, Any] = {}
-    for (table, key), rows in groups.items():
+    for (table, key), every in groups.items():
+        rows = [r for r in every if r["lr"] is None or r["lr"] == best[key]]
         scores = [r["result"]["bpb"] for r in rows]
         bpb = _mean_std(scores) if None not in scores else (None, None)
         carried = [r["result"]["bpb_carried"] for r in rows]
@@ -276,7 +352,10 @@ def summarise(results: list[dict[str, Any]]) -> dict[str, Any]:
             "tok_s": statistics.median(r["result"]["tok_s"] for r in rows),
             "peak_rss_mb": max(r["result"]["peak_rss_mb"] for r in rows),
             "parameters": rows[0]["result"]["parameters"], "d_model": rows[0]["result"]["d_model"],
-            "switches": _switches(rows)}
+            "switches": _switches(rows), "steps": min(r["result"]["steps"] for r in every),
+            "nonfinite_steps": sum(r["result"]["nonfinite_steps"] for r in every),
+            "cpu_min": sum(r["result"]["cpu_min"] for r in every), "lr": best.get(key),
+            "grid": {r["lr"]: r["result"]["bpb"] for r in every if r["lr"] is not None and r["seed"] == every[0]["seed"]}}
     return out
 
 
@@ -286,7 +365,7 @@ def markdown(summary: dict[str, Any], budget: Budget, command: str) -> str:
     tokens = b.steps * b.batch_size * b.seq_len
     lines = [f"- Command: `{command}`",
              f"- Byte-level KJV, {b.n_layers} layers, Hope d_model {b.d_model}; {b.steps} AdamW steps of "
-             f"{b.batch_size}×{b.seq_len} tokens ({tokens:,} tokens per row), lr {b.lr}, weight decay 0.1, "
+             f"{b.batch_size}×{b.seq_len} tokens ({tokens:,} tokens per row), weight decay 0.1, "
              f"cosine; validation bpb on the first {b.eval_tokens:,} validation targets.",
              "- *reset*: state reset per window of the training length (D18); *carried*: the validation text "
              "read as long streams with the state carried across windows (recurrent models only).",
@@ -297,12 +376,20 @@ def markdown(summary: dict[str, Any], budget: Budget, command: str) -> str:
     models = summary.get("models", {})
     if models:
         lines += ["### Models at equal parameters and tokens", "",
-                  "| model | d_model | non-emb. params | val bpb (reset) | val bpb (carried) | tok/s | peak RSS MB | "
-                  "paper Wiki ppl (760M) |", "|---|---|---|---|---|---|---|---|"]
+                  f"| model | d_model | non-emb. params | lr | seeds | val bpb (reset) mean ± std | val bpb (carried) | "
+                  f"first seed's bpb at lr {' / '.join(f'{lr:g}' for lr in b.lrs)} | steps | non-finite steps | "
+                  "CPU-min (grid and seeds) | tok/s | peak RSS MB | paper Wiki ppl (760M) |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for key, s in models.items():
-            lines.append(f"| {s['label']} | {s['d_model']} | {s['parameters']:,} | {_score(s)} | "
-                         f"{_carried(s)} | {s['tok_s']:.0f} | {s['peak_rss_mb']:.0f} | "
+            score = _score(s) if s["mean"] is None else f"{s['mean']:.3f} ± {s['std']:.3f}"
+            grid = " / ".join("—" if s["grid"].get(lr) is None else f"{s['grid'][lr]:.3f}" for lr in b.lrs)
+            lines.append(f"| {s['label']} | {s['d_model']} | {s['parameters']:,} | {s['lr']:g} | {len(s['seeds'])} | "
+                         f"{score} | {_carried(s)} | {grid} | {s['steps']} | {s['nonfinite_steps']} | "
+                         f"{s['cpu_min']:.1f} | {s['tok_s']:.0f} | {s['peak_rss_mb']:.0f} | "
                          f"{PAPER_WIKI_760M.get(key, '—')} |")
+        lines.append("The learning rate of each family is the grid rate with the lowest first-seed bpb; its other "
+                     "seeds train at that rate. The ablation and CMS-signal rows train at "
+                     f"lr {b.lr:g}.")
         lines.append("")
     ablations = summary.get("ablations", {})
     hope = models.get("hope")
@@ -335,35 +422,26 @@ def markdown(summary: dict[str, Any], budget: Budget, command: str) -> str:
 
 
 def run(budget: Budget, out_dir: Path, tables: tuple[str, ...] = TABLES,
-        isolate: bool = True, progress: bool = True) -> list[dict[str, Any]]:
-    """Train and score every planned row of ``tables``; each row in a fresh process if ``isolate``."""
-    from tqdm.auto import tqdm
+        isolate: bool = True) -> list[dict[str, Any]]:
+    """Train and score every planned row of ``tables``; each row in a fresh process if ``isolate``.
 
-    rows = [r for r in plan(budget) if r.table in tables]
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / "lm_results.json"
-    # Rows already scored under the same budget are kept, so an interrupted benchmark resumes.
-    saved = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
-    done = {(r["table"], r["key"], r["seed"]): r for r in saved.get("rows", [])
-            if saved.get("budget") == json.loads(json.dumps(asdict(budget)))}
-    results = []
-    bar = tqdm(rows, desc="lm", unit="run", disable=not progress)
-    for row in bar:
-        if (row.table, row.key, row.seed) in done:
-            results.append(done[(row.table, row.key, row.seed)])
-            continue
-        bar.set_postfix(row=f"{row.table}/{row.key}/s{row.seed}")
-        args = (asdict(row), asdict(budget), str(out_dir / "runs"))
-        if isolate:
-            ctx = multiprocessing.get_context("spawn")
-            with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
-                result = pool.submit(train_row, *args).result()
-        else:
-            result = train_row(*args)
-        results.append({**asdict(row), "result": result})
-        kept = [r for key, r in done.items() if key not in {(x["table"], x["key"], x["seed"]) for x in results}]
-        path.write_text(json.dumps({"budget": asdict(budget), "rows": kept + results}, indent=1), encoding="utf-8")
-    return results
+    Each row is one cell, ``out_dir/cells/<table>_<key>_<seed>.json``, keyed by the budget and the
+    row's behaviour digest (:func:`cell_digest`): an interrupted run resumes, and a code change
+    retrains only the rows whose first steps it changes.
+    """
+    settings = {k: v for k, v in asdict(budget).items() if k not in ("seeds", "signal_seeds", "ablation_seeds", "lrs")}
+
+    def train(rows: list[Row]) -> list[dict[str, Any]]:
+        cells = {r.name: (asdict(r), asdict(budget), str(out_dir / "runs"), isolate) for r in rows}
+        done = run_cells(train_cell, cells, settings, out_dir / "cells", 1, "lm", digest=cell_digest)
+        return [{**asdict(r), "result": done[r.name]} for r in rows]
+
+    # The grid first: the other seeds of each family need its chosen rate, and the ablation and
+    # signal rows come last because they are the longest part and rank the least.
+    grid = train([r for r in plan(budget) if r.table == "models"]) if "models" in tables else []
+    known = {Row(**{k: v for k, v in r.items() if k != "result"}).name for r in grid}
+    rest = [r for r in plan(budget, best_rates(grid)) if r.table in tables and r.name not in known]
+    return grid + train(rest)
 
 
 def section(quick: bool, out_dir: Path, seed: int = 0, tables: tuple[str, ...] | None = None) -> Section:

@@ -26,7 +26,10 @@ from nestlearn.data.synthetic import derive_seed, generate
 from nestlearn.data.synthetic.base import TaskBatch
 from nestlearn.eval.suite import Section
 from nestlearn.eval.suite.common import (
+    HOPE_ROWS,
+    LEARNED,
     NAMES,
+    UNINFORMATIVE,
     behaviour_digest,
     command,
     mean_std,
@@ -79,13 +82,6 @@ SETTINGS = {
                          train_count=64, test_count=16, steps=4, batch_size=8, lrs=(1e-3, 1e-2), d_model=16,
                          n_layers=1),
 }
-
-# tasks.md §1: below this accuracy at the easiest setting no model has learned the task, so the
-# section ranks nothing; below LEARNED the best model is named but the section says so.
-UNINFORMATIVE, LEARNED = 0.5, 0.9
-# Rows that are not baselines: the bar is set by the strongest of the others.
-_HOPE_ROWS = ("hope", "hope_attention", "hope_formal")
-
 
 def _rows(batch: TaskBatch, index: np.ndarray) -> TaskBatch:
     return replace(batch, inputs=batch.inputs[index], targets=batch.targets[index])
@@ -192,7 +188,7 @@ def verdict(result: dict[str, Any]) -> tuple[str, bool]:
     baseline learns the task says nothing about Hope."""
     s = result["settings"]
     easiest = "{}/{}".format(*s["settings"][0])
-    pool = [f for f in s["models"] if f not in _HOPE_ROWS] or list(s["models"])
+    pool = [f for f in s["models"] if f not in HOPE_ROWS] or list(s["models"])
     best = max(pool, key=lambda f: np.nan_to_num(cell(result, f, easiest)[0], nan=-1.0))
     score = cell(result, best, easiest)[0]
     where = f"the strongest baseline, {NAMES[best]}, reaches {pct(score)} % at D={s['settings'][0][1]}"

@@ -30,6 +30,7 @@ from nestlearn.eval.suite.probes import (
     run_probe,
     status_lines,
     training_line,
+    verdicts,
 )
 from nestlearn.eval.text import niah_scores
 
@@ -91,7 +92,9 @@ def markdown(result: dict[str, Any], quick: bool, seed: int, plot_name: str) -> 
              f"in turn at {s['train_len']} bytes (KJV train split), {s['steps']} steps of batch {s['batch_size']}, AdamW "
              f"lr {s['lr']}; every model d_model {s['d_model']}, {s['n_layers']} layers. Scored on the KJV test split, "
              f"{s['samples']} samples per cell, needle depth uniform over RULER's 40 depths."),
-             training_line(result)]
+             training_line(result),
+             "- Calibration (the strongest baseline's ranking accuracy at the shortest length; tasks.md §1):",
+             *("  " + line for line in verdicts(result, lambda t: label(t, t)))]
     if quick:
         lines.append("- **Quick setting**: eight training steps and 2 samples per cell; a smoke run, not evidence.")
     lines += ["", "Ranking accuracy (%; gold value strictly above 9 same-type distractors, chance 10 %):", "",

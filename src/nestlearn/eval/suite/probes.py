@@ -18,7 +18,10 @@ from typing import Any
 from nestlearn.data.synthetic import derive_seed, generate
 from nestlearn.data.synthetic.base import TaskBatch
 from nestlearn.eval.suite.common import (
+    HOPE_ROWS,
+    LEARNED,
     NAMES,
+    UNINFORMATIVE,
     behaviour_digest,
     mean_std,
     nonfinite,
@@ -185,6 +188,26 @@ def status_lines(result: dict[str, Any], chance: float | dict[str, float] | None
                 rule = f"ranking ≤ {pct(bounds[s['tasks'][0]])} %, two standard errors above {pct(chance)} %"
             out.append(f"- At chance in every cell ({rule}): " + ", ".join(NAMES[f] for f in flat) + ".")
     return out
+
+
+def verdicts(result: dict[str, Any], label: Callable[[str], str]) -> list[str]:
+    """Per task, whether it can rank models (tasks.md §1): the strongest baseline's ranking accuracy
+    at the shortest length, the easiest setting. Below 50 % the task is uninformative at this budget."""
+    s = result["settings"]
+    shortest = min(s["eval_lens"])
+    pool = [f for f in s["models"] if f not in HOPE_ROWS] or list(s["models"])
+    lines = []
+    for t in s["tasks"]:
+        score, best = max((cell(result, f, t, shortest, "ranking")[0], f) for f in pool)
+        where = f"the strongest baseline, {NAMES[best]}, ranks {pct(score)} % at {shortest} bytes"
+        if not score >= UNINFORMATIVE:
+            lines.append(f"- {label(t)}: **uninformative at this budget**: {where}, below {pct(UNINFORMATIVE)} %; "
+                         "no model is ranked on it.")
+        elif score < LEARNED:
+            lines.append(f"- {label(t)}: below the {pct(LEARNED)} % bar: {where}; rankings are tentative.")
+        else:
+            lines.append(f"- {label(t)}: learned: {where}.")
+    return lines
 
 
 def plot_grid(result: dict[str, Any], path: Path, label: Callable[[str], str], xlabel: str) -> None:
