@@ -161,6 +161,12 @@ def test_formal_cells_do_not_depend_on_jobs_and_resume(tmp_path, monkeypatch):
     monkeypatch.setattr(formal, "suite_model", rescaled)
     with pytest.raises(AssertionError, match="trained again"):
         formal.run(s, tmp_path / "serial", 0, jobs=1)
+    # So does a config switch that leaves the losses unchanged (a context bound the LSTM never reaches).
+    monkeypatch.setattr(formal, "suite_model", init)
+    switched = dict(common.VARIANTS, lstm=("lstm", {"max_seq_len": 4096}))
+    monkeypatch.setattr(common, "VARIANTS", switched)
+    with pytest.raises(AssertionError, match="trained again"):
+        formal.run(s, tmp_path / "serial", 0, jobs=1)
     with pytest.raises(ValueError, match="jobs"):
         common.run_cells(refuse, {}, {}, tmp_path, jobs=0)
 

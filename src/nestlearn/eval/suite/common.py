@@ -46,7 +46,8 @@ _FAMILY_SETTINGS: dict[str, dict[str, Any]] = {
 # section of configs/hope-formal.yaml (docs/design.md S8).
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "deltanet_signed": ("deltanet", {"eigen": "signed"}),
-    "hope_formal": ("hope", {"selfmod": {"momentum": "off", "chunk_size_other": 128}, "cms": {"chunk_sizes": [512]}}),
+    "hope_formal": ("hope", {"selfmod": {"momentum": "off", "chunk_size_other": 128, "write_bound": 0.0},
+                             "cms": {"chunk_sizes": [512]}}),
 }
 
 
@@ -145,20 +146,24 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
 
 
 def behaviour_digest(model: CausalLM, batch: TaskBatch, lr: float, steps: int = 2) -> str:
-    """A digest of what the code computes for one cell: its first training batch, the losses of
-    ``steps`` AdamW steps on it and the trained model's loss on it, to 4 significant digits.
+    """A digest of what the code computes for one cell: the model's config, its first training batch,
+    the losses of ``steps`` AdamW steps on it and the trained model's loss on it, to 4 significant digits.
 
     Keying a cell by this digest beside its settings reruns it exactly when a code change alters
     what it computes (model, initialisation, data generator, training loop), and keeps it when the
     change does not. Four digits absorb the last-bit differences between CPUs and thread counts.
+    The config is part of the key because a switch can leave the first steps unchanged and still
+    change the run (a write bound that binds only once the weights have grown).
     ``model`` is trained in place: pass a fresh copy.
     """
+    config = json.dumps(asdict(model.config), sort_keys=True, default=str)
     losses = fit_task(model, lambda _: batch, steps, lr, clip=1.0)
     model.eval()
     with torch.no_grad():
         losses.append(task_loss(model, batch).item())
     data = [batch.inputs, batch.targets] + ([] if batch.target_sets is None else [batch.target_sets])
-    text = "|".join(t.cpu().numpy().tobytes().hex() for t in data) + "|" + ",".join(f"{v:.4g}" for v in losses)
+    text = (config + "|" + "|".join(t.cpu().numpy().tobytes().hex() for t in data) + "|"
+            + ",".join(f"{v:.4g}" for v in losses))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
