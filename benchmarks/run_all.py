@@ -184,6 +184,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "is docs/results.md, else none)")
     parser.add_argument("--summary", action="store_true",
                         help="run no section; only regenerate the README summary from --results")
+    parser.add_argument("--stored-only", action="store_true",
+                        help="train nothing: report the cells stored so far (for the sections that take it: lm)")
     parser.add_argument("--models", default="", help="comma-separated rows, for the sections that take them (formal, mad)")
     parser.add_argument("--tables", default="", help="comma-separated tables, for the sections that take them "
                         "(lm: models, ablations, signals)")
@@ -227,6 +229,8 @@ def main(argv: list[str] | None = None, sections: dict[str, Callable] | None = N
         try:
             params = inspect.signature(fn).parameters
             extra = {"jobs": args.jobs} if "jobs" in params else {}
+            if args.stored_only and "stored_only" in params:
+                extra["stored_only"] = True
             for name in ("models", "tables"):
                 value = getattr(args, name)
                 if value and name in params:

@@ -129,3 +129,20 @@ def test_the_models_table_tunes_each_family_on_the_grid_and_reports_its_best_rat
     assert summary["nonfinite_steps"] == 1 and summary["cpu_min"] == 5.0
     text = markdown({"models": {"hope": summary}}, FULL, "cmd")
     assert "| hope | 8 | 5 | 0.003 | 3 | 2.100 ± 0.100 |" in text and "2.300 / 2.100 / —" in text
+
+
+def test_stored_only_reports_the_finished_rows_and_trains_nothing(tmp_path, monkeypatch):
+    from nestlearn.eval.suite import lm
+
+    budget = replace(QUICK, d_model=16, steps=1, warmup_steps=1, seq_len=16, batch_size=2, eval_tokens=64,
+                     chunk_sizes=(8, 4), selfmod_chunks=(4, 8), threads=1)
+    run(budget, tmp_path, tables=("models",), isolate=False)
+    for cell in (tmp_path / "cells").glob("models_hope_0_*.json"):
+        cell.unlink()
+
+    def refuse(*args):
+        raise AssertionError("a row was trained")
+
+    monkeypatch.setattr(lm, "train_row", refuse)
+    rows = run(budget, tmp_path, tables=("models",), isolate=False, stored_only=True)
+    assert sorted(r["key"] for r in rows) == ["gated_deltanet", "hope_attention", "titans", "transformer"]

@@ -187,7 +187,7 @@ def _cached(path: Path, settings: dict[str, Any], ignore: tuple[str, ...],
 def run_cells(fn: Callable[..., dict[str, Any]], cells: dict[str, tuple], settings: dict[str, Any],
               cache_dir: Path, jobs: int = 1, desc: str = "cells",
               ignore: tuple[str, ...] = (),
-              digest: Callable[..., str] | None = None) -> dict[str, dict[str, Any]]:
+              digest: Callable[..., str] | None = None, stored_only: bool = False) -> dict[str, dict[str, Any]]:
     """``fn(*args)`` for every ``name -> args`` of ``cells``; resumable and optionally parallel.
 
     Each result is stored as ``cache_dir/<name>.json`` together with ``settings``; a later call with
@@ -196,7 +196,8 @@ def run_cells(fn: Callable[..., dict[str, Any]], cells: dict[str, tuple], settin
     run of a subset reuses the cells it shares. With ``digest`` (``digest(*args)``, e.g. built on
     :func:`behaviour_digest`) the key also holds what the code computes for the cell, so a code
     change that alters a result reruns that cell; without it the key is the settings alone and a
-    changed model needs its cells deleted by hand. With ``jobs > 1``
+    changed model needs its cells deleted by hand. ``stored_only`` trains nothing: the result holds
+    only the cells already stored (to report a run that is still going). With ``jobs > 1``
     the cells run in that many spawned processes with the caller's torch thread count; every cell
     seeds its own model, so the results do not depend on ``jobs``. ``fn`` must be importable
     (module level) for the processes to find it.
@@ -206,7 +207,7 @@ def run_cells(fn: Callable[..., dict[str, Any]], cells: dict[str, tuple], settin
     path = {name: cache_dir / (name.replace("/", "_") + ".json") for name in cells}
     digests = {name: None if digest is None else digest(*args) for name, args in cells.items()}
     done = {name: r for name in cells if (r := _cached(path[name], settings, ignore, digests[name])) is not None}
-    todo = [name for name in cells if name not in done]
+    todo = [] if stored_only else [name for name in cells if name not in done]
     bar = tqdm(total=len(cells), initial=len(done), desc=desc, unit="run", dynamic_ncols=True)
 
     def store(name: str, result: dict[str, Any]) -> None:
@@ -227,7 +228,7 @@ def run_cells(fn: Callable[..., dict[str, Any]], cells: dict[str, tuple], settin
             for future in as_completed(futures):
                 store(futures[future], future.result())
     bar.close()
-    return {name: done[name] for name in cells}
+    return {name: done[name] for name in cells if name in done}
 
 
 def pyplot():

@@ -422,8 +422,9 @@ def markdown(summary: dict[str, Any], budget: Budget, command: str) -> str:
 
 
 def run(budget: Budget, out_dir: Path, tables: tuple[str, ...] = TABLES,
-        isolate: bool = True) -> list[dict[str, Any]]:
-    """Train and score every planned row of ``tables``; each row in a fresh process if ``isolate``.
+        isolate: bool = True, stored_only: bool = False) -> list[dict[str, Any]]:
+    """Train and score every planned row of ``tables``; each row in a fresh process if ``isolate``
+    (``stored_only``: train nothing and return the rows already stored).
 
     Each row is one cell, ``out_dir/cells/<table>_<key>_<seed>.json``, keyed by the budget and the
     row's behaviour digest (:func:`cell_digest`): an interrupted run resumes, and a code change
@@ -433,8 +434,9 @@ def run(budget: Budget, out_dir: Path, tables: tuple[str, ...] = TABLES,
 
     def train(rows: list[Row]) -> list[dict[str, Any]]:
         cells = {r.name: (asdict(r), asdict(budget), str(out_dir / "runs"), isolate) for r in rows}
-        done = run_cells(train_cell, cells, settings, out_dir / "cells", 1, "lm", digest=cell_digest)
-        return [{**asdict(r), "result": done[r.name]} for r in rows]
+        done = run_cells(train_cell, cells, settings, out_dir / "cells", 1, "lm", digest=cell_digest,
+                         stored_only=stored_only)
+        return [{**asdict(r), "result": done[r.name]} for r in rows if r.name in done]
 
     # The grid first: the other seeds of each family need its chosen rate, and the ablation and
     # signal rows come last because they are the longest part and rank the least.
@@ -444,18 +446,23 @@ def run(budget: Budget, out_dir: Path, tables: tuple[str, ...] = TABLES,
     return grid + train(rest)
 
 
-def section(quick: bool, out_dir: Path, seed: int = 0, tables: tuple[str, ...] | None = None) -> Section:
+def section(quick: bool, out_dir: Path, seed: int = 0, tables: tuple[str, ...] | None = None,
+            stored_only: bool = False) -> Section:
     """The ``lm`` section of docs/results.md (issue 4's quality benchmark; D13's signal ablation);
-    ``tables`` runs and reports a subset of models, ablations, signals (rows already scored are kept)."""
+    ``tables`` runs and reports a subset of models, ablations, signals (rows already scored are kept);
+    ``stored_only`` reports the rows stored so far without training the others."""
     budget = QUICK if quick else FULL
     if seed:
         budget = replace(budget, seeds=tuple(s + seed for s in budget.seeds),
                          signal_seeds=tuple(s + seed for s in budget.signal_seeds),
                          ablation_seeds=tuple(s + seed for s in budget.ablation_seeds))
     torch.set_num_threads(budget.threads)
-    results = run(budget, Path(out_dir) / "lm", tuple(tables or TABLES))
+    results = run(budget, Path(out_dir) / "lm", tuple(tables or TABLES), stored_only=stored_only)
     summary = summarise(results)
     command = "python benchmarks/run_all.py --only lm" + (" --quick" if quick else "")
+    text = markdown(summary, budget, command)
+    if stored_only:
+        text = (f"**Partial**: the {len(results)} runs stored so far; the same command without `--stored-only` "
+                "trains the rest (each family's three grid rates on the first seed, then its other seeds).\n\n" + text)
     return Section("lm", "Language modelling: Hope vs baselines, Table-6 ablations, CMS signals",
-                   markdown(summary, budget, command), {"budget": asdict(budget), "summary": summary,
-                                                         "rows": results})
+                   text, {"budget": asdict(budget), "summary": summary, "rows": results})
