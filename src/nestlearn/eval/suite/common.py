@@ -46,8 +46,7 @@ _FAMILY_SETTINGS: dict[str, dict[str, Any]] = {
 # section of configs/hope-formal.yaml (docs/design.md S8).
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "deltanet_signed": ("deltanet", {"eigen": "signed"}),
-    "hope_formal": ("hope", {"selfmod": {"momentum": "off", "chunk_size_other": 128, "write_bound": 4.0},
-                             "cms": {"chunk_sizes": [512]}}),
+    "hope_formal": ("hope", {"selfmod": {"momentum": "off", "chunk_size_other": 128}, "cms": {"chunk_sizes": [512]}}),
 }
 
 
