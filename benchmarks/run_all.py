@@ -59,7 +59,7 @@ README = ROOT / "README.md"
 SUMMARY = "results-summary"  # the README's generated block
 # The README summary: the language-modelling table (these columns), the D13 decision and one plot.
 SUMMARY_TABLE = ("lm", "### Models at equal parameters and tokens",
-                 ("model", "non-emb. params", "val bpb (reset)", "val bpb (carried)", "tok/s"))
+                 ("model", "non-emb. params", "lr", "seeds", "val bpb (reset) mean ± std", "val bpb (carried)", "tok/s"))
 SUMMARY_PLOT = "formal"
 
 
@@ -110,7 +110,8 @@ def readme_summary(results: str) -> str:
     lm = body(results, key)
     rows = table(lm, heading)
     keep = [rows[0].index(c) for c in columns]
-    decision = next(line for line in lm.splitlines() if line.startswith("**D13 decision rule"))
+    # A run still going reports what it has: the partial note, and no D13 decision before the signal rows.
+    notes = [line for line in lm.splitlines() if line.startswith(("**Partial**", "**D13 decision rule"))]
     plot = body(results, SUMMARY_PLOT)
     image = re.search(r"!\[([^\]]*)\]\(([^)\s]+)\)", plot)
     titles = [re.search(r"^## (.+)$", body(results, k), flags=re.M).group(1)
@@ -126,8 +127,7 @@ def readme_summary(results: str) -> str:
         "|" + "---|" * len(columns),
         *("| " + " | ".join(row[i] for i in keep) + " |" for row in rows[1:]),
         "",
-        decision,
-        "",
+        *(line for note in notes for line in (note, "")),
         f"{re.search(r'^## (.+)$', plot, flags=re.M).group(1)}:",
         "",
         f"![{image.group(1)}](docs/{image.group(2)})",

@@ -146,3 +146,16 @@ def test_stored_only_reports_the_finished_rows_and_trains_nothing(tmp_path, monk
     monkeypatch.setattr(lm, "train_row", refuse)
     rows = run(budget, tmp_path, tables=("models",), isolate=False, stored_only=True)
     assert sorted(r["key"] for r in rows) == ["gated_deltanet", "hope_attention", "titans", "transformer"]
+
+
+def test_peak_memory_is_the_process_own_and_an_unmeasured_peak_prints_a_dash():
+    from nestlearn.eval.suite.lm import peak_rss_mb
+
+    assert 10 < peak_rss_mb() < 1e6
+    row = {"table": "ablations", "key": "no_cms", "label": "w/o CMS", "seed": 0, "lr": None,
+           "result": {"bpb": 2.0, "bpb_carried": 2.0, "diverged_at": None, "tok_s": 1.0, "peak_rss_mb": None,
+                      "parameters": 5, "d_model": 8, "switches": [], "recurrent": True, "steps": 4,
+                      "nonfinite_steps": 0, "cpu_min": 0.5}}
+    signals = {**row, "table": "signals", "key": "kv"}
+    text = markdown(summarise([row, signals]), QUICK, "cmd")
+    assert "| kv | defaults | 0 | 2.0000 ± 0.0000 | 2.000 | 1 | — |" in text

@@ -259,10 +259,9 @@ def train_row(row: dict[str, Any], budget: dict[str, Any], out_dir: str) -> dict
         if not model.config.bounded_context:
             carried = _finite(evaluate_bpb_carried(model, val, token_bytes, b.seq_len, streams=b.batch_size * 4,
                                                    max_tokens=b.eval_tokens)["bpb"])
-    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return {"bpb": reset, "bpb_carried": carried, "diverged_at": diverged_at,
             "tok_s": max(len(losses), 1) * b.batch_size * b.seq_len / train_s,
-            "peak_rss_mb": peak_kb / 1024 if sys.platform != "darwin" else peak_kb / 2**20,
+            "peak_rss_mb": peak_rss_mb(),
             "parameters": model.num_parameters(non_embedding=True), "final_train_loss": (losses or [None])[-1],
             "switches": [[p, v] for p, v, _ in non_default_switches(cfg.to_dict())],
             "d_model": cfg.model.d_model, "recurrent": not model.config.bounded_context,
@@ -277,6 +276,20 @@ def train_cell(row: dict[str, Any], budget: dict[str, Any], out_dir: str, isolat
     ctx = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
         return pool.submit(train_row, row, budget, out_dir).result()
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory in MiB.
+
+    On Linux from VmHWM, which belongs to the process's own address space: getrusage's ru_maxrss
+    survives exec, so a spawned row would report its parent's peak when that is the larger one.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
+    except (OSError, StopIteration):
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak / 2**20 if sys.platform == "darwin" else peak / 1024
 
 
 def _finite(x: float) -> float | None:
@@ -322,6 +335,11 @@ def _carried(s: dict[str, Any]) -> str:
     return "overflowed" if s["note"] == "carried state overflowed" else "—"
 
 
+def _mb(s: dict[str, Any]) -> str:
+    """Peak memory, or — for rows stored before it was measured per process (their number was the parent's)."""
+    return "—" if s["peak_rss_mb"] is None else f"{s['peak_rss_mb']:.0f}"
+
+
 def _switches(rows: list[dict[str, Any]]) -> str:
     pairs = rows[0]["result"]["switches"]
     return ", ".join(f"`{p.split('model.', 1)[-1]}={v}`" for p, v in pairs) or "defaults"
@@ -350,7 +368,8 @@ def summarise(results: list[dict[str, Any]]) -> dict[str, Any]:
             "note": (f"training diverged (step {min(diverged)})" if diverged else
                      "carried state overflowed" if rows[0]["result"].get("recurrent") and None in carried else ""),
             "tok_s": statistics.median(r["result"]["tok_s"] for r in rows),
-            "peak_rss_mb": max(r["result"]["peak_rss_mb"] for r in rows),
+            "peak_rss_mb": max((r["result"]["peak_rss_mb"] for r in rows if r["result"]["peak_rss_mb"] is not None),
+                               default=None),
             "parameters": rows[0]["result"]["parameters"], "d_model": rows[0]["result"]["d_model"],
             "switches": _switches(rows), "steps": min(r["result"]["steps"] for r in every),
             "nonfinite_steps": sum(r["result"]["nonfinite_steps"] for r in every),
@@ -385,8 +404,9 @@ def markdown(summary: dict[str, Any], budget: Budget, command: str) -> str:
             grid = " / ".join("—" if s["grid"].get(lr) is None else f"{s['grid'][lr]:.3f}" for lr in b.lrs)
             lines.append(f"| {s['label']} | {s['d_model']} | {s['parameters']:,} | {s['lr']:g} | {len(s['seeds'])} | "
                          f"{score} | {_carried(s)} | {grid} | {s['steps']} | {s['nonfinite_steps']} | "
-                         f"{s['cpu_min']:.1f} | {s['tok_s']:.0f} | {s['peak_rss_mb']:.0f} | "
+                         f"{s['cpu_min']:.1f} | {s['tok_s']:.0f} | {_mb(s)} | "
                          f"{PAPER_WIKI_760M.get(key, '—')} |")
+        lines.append("")
         lines.append("The learning rate of each family is the grid rate with the lowest first-seed bpb; its other "
                      "seeds train at that rate. The ablation and CMS-signal rows train at "
                      f"lr {b.lr:g}.")
@@ -413,7 +433,7 @@ def markdown(summary: dict[str, Any], budget: Budget, command: str) -> str:
         for key, s in signals.items():
             score = s["note"] if s["mean"] is None else f"{s['mean']:.4f} ± {s['std']:.4f}"
             lines.append(f"| {key} | {s['switches']} | {', '.join(map(str, s['seeds']))} | {score} | "
-                         f"{_carried(s)} | {s['tok_s']:.0f} | {s['peak_rss_mb']:.0f} |")
+                         f"{_carried(s)} | {s['tok_s']:.0f} | {_mb(s)} |")
         scored = {k: v for k, v in signals.items() if v["mean"] is not None}
         if scored:
             choice, reason = choose_cms_signal(scored)
