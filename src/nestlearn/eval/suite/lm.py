@@ -179,8 +179,8 @@ def plan(budget: Budget, best: dict[str, float] | None = None) -> list[Row]:
 
 
 def best_rates(results: list[dict[str, Any]]) -> dict[str, float]:
-    """family -> the grid rate whose first-seed run scored the lowest validation bpb (only families
-    whose every grid run finished; a diverged run counts as worst)."""
+    """family -> the grid rate whose first-seed run scored the lowest validation bpb, among the grid
+    runs in ``results`` (a diverged run counts as worst)."""
     grid: dict[str, dict[float, float]] = {}
     for r in results:
         if r["table"] == "models" and r["lr"] is not None:
@@ -191,7 +191,7 @@ def best_rates(results: list[dict[str, Any]]) -> dict[str, float]:
 
 def _budget(budget: dict[str, Any]) -> Budget:
     """A :class:`Budget` back from its ``asdict`` form (tuples restored)."""
-    tuples = ("seeds", "signal_seeds", "ablation_seeds", "chunk_sizes", "step_periods", "selfmod_chunks")
+    tuples = ("seeds", "signal_seeds", "ablation_seeds", "chunk_sizes", "step_periods", "selfmod_chunks", "lrs")
     return Budget(**{k: tuple(v) if k in tuples else v for k, v in budget.items()})
 
 
