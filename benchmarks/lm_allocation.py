@@ -55,7 +55,7 @@ def run_cell(name: str, steps: int, seed: int) -> dict:
     model = ROWS[name][1]
     with tempfile.TemporaryDirectory() as out:
         result = train_row({"table": "allocation", "key": name, "label": ROWS[name][0], "model": model,
-                            "seed": seed, "extra": {}}, budget, out)
+                            "seed": seed}, budget, out)
     cell = {"name": name, "steps": steps, "seed": seed, "model": model, "bpb": result["bpb"],
             "bpb_carried": result["bpb_carried"], "diverged_at": result["diverged_at"],
             "parameters": result["parameters"], "tok_s": result["tok_s"]}

@@ -27,7 +27,7 @@ import resource
 import statistics
 import sys
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -120,7 +120,6 @@ class Row:
     label: str
     model: dict[str, Any]
     seed: int
-    extra: dict[str, Any] = field(default_factory=dict)
     lr: float | None = None
 
     @property
