@@ -177,7 +177,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="base seed of every section")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (per process)")
     parser.add_argument("--jobs", type=int, default=1,
-                        help="processes for the sections that train independent cells in parallel (formal, mqar, mad)")
+                        help="processes for the sections that train independent cells in parallel (formal, mqar, mad, lm)")
     parser.add_argument("--results", type=Path, default=RESULTS, help="the document to update")
     parser.add_argument("--readme", type=Path, default=None,
                         help="the README whose results summary to regenerate (default: README.md when --results "

@@ -14,7 +14,9 @@ from nestlearn.eval.suite.lm import (
     run,
     summarise,
 )
-from nestlearn.models.lm import match_width
+from nestlearn.models.lm import match_parameters, match_width
+
+MODEL = {"family": "transformer", "d_model": 8, "n_layers": 1}  # a stored row's config (only read, never built)
 
 
 def test_decision_rule_picks_lowest_bpb_unless_within_noise():
@@ -34,6 +36,18 @@ def test_match_width_gives_the_nearest_count_on_the_grid():
     assert count == non_embedding_parameters({**model, "d_model": d})
     for other in range(8, 2 * d, 8):  # transformer widths valid with 4 heads of even size
         assert abs(non_embedding_parameters({**model, "d_model": other}) - target) >= abs(count - target)
+
+
+def test_the_baselines_match_hopes_count_within_half_a_percent():
+    target = non_embedding_parameters(hope_model(FULL))
+    for row in plan(FULL):
+        if row.table == "models" and row.key != "hope":
+            assert abs(non_embedding_parameters(row.model) / target - 1) < 0.005, row.key
+    # The width grid alone leaves Titans 5 % short: the hidden width closes it.
+    titans = {"family": "titans", "n_layers": 2, "max_seq_len": 512}
+    assert abs(match_width(titans, target)[1] / target - 1) > 0.03
+    model, count = match_parameters(titans, target)
+    assert count == non_embedding_parameters(model) and model["ffn_hidden"] % 4 == 0
 
 
 def test_plan_covers_models_ablations_and_signals():
@@ -92,7 +106,7 @@ def test_a_row_whose_behaviour_changes_is_trained_again(tmp_path, monkeypatch):
 
 def test_diverged_and_overflowed_rows_are_reported_not_averaged():
     def row(table, key, bpb, carried, diverged=None, seed=0, lr=None):
-        return {"table": table, "key": key, "label": key, "seed": seed, "lr": lr,
+        return {"table": table, "key": key, "label": key, "seed": seed, "lr": lr, "model": MODEL,
                 "result": {"bpb": bpb, "bpb_carried": carried, "diverged_at": diverged, "tok_s": 10.0,
                            "peak_rss_mb": 1.0, "parameters": 5, "d_model": 8, "switches": [], "recurrent": True,
                            "steps": 3 if diverged else 4, "nonfinite_steps": int(diverged is not None), "cpu_min": 0.5}}
@@ -114,7 +128,7 @@ def test_the_models_table_tunes_each_family_on_the_grid_and_reports_its_best_rat
     assert {r.seed for r in first} == {FULL.seeds[0]}
 
     def result(key, lr, bpb, seed=0):
-        return {"table": "models", "key": key, "label": key, "seed": seed, "lr": lr,
+        return {"table": "models", "key": key, "label": key, "seed": seed, "lr": lr, "model": MODEL,
                 "result": {"bpb": bpb, "bpb_carried": None, "diverged_at": None if bpb else 5, "tok_s": 1.0,
                            "peak_rss_mb": 1.0, "parameters": 5, "d_model": 8, "switches": [], "recurrent": False,
                            "steps": 10, "nonfinite_steps": 0 if bpb else 1, "cpu_min": 1.0}}
@@ -128,7 +142,7 @@ def test_the_models_table_tunes_each_family_on_the_grid_and_reports_its_best_rat
     assert summary["grid"] == {1e-3: 2.3, 3e-3: 2.1, 6e-3: None}
     assert summary["nonfinite_steps"] == 1 and summary["cpu_min"] == 5.0
     text = markdown({"models": {"hope": summary}}, FULL, "cmd")
-    assert "| hope | 8 | 5 | 0.003 | 3 | 2.100 ± 0.100 |" in text and "2.300 / 2.100 / —" in text
+    assert "| hope | 8 | 32 | 5 | 0.003 | 3 | 2.100 ± 0.100 |" in text and "2.300 / 2.100 / —" in text
 
 
 def test_stored_only_reports_the_finished_rows_and_trains_nothing(tmp_path, monkeypatch):
@@ -152,7 +166,7 @@ def test_peak_memory_is_the_process_own_and_an_unmeasured_peak_prints_a_dash():
     from nestlearn.eval.suite.lm import peak_rss_mb
 
     assert 10 < peak_rss_mb() < 1e6
-    row = {"table": "ablations", "key": "no_cms", "label": "w/o CMS", "seed": 0, "lr": None,
+    row = {"table": "ablations", "key": "no_cms", "label": "w/o CMS", "seed": 0, "lr": None, "model": MODEL,
            "result": {"bpb": 2.0, "bpb_carried": 2.0, "diverged_at": None, "tok_s": 1.0, "peak_rss_mb": None,
                       "parameters": 5, "d_model": 8, "switches": [], "recurrent": True, "steps": 4,
                       "nonfinite_steps": 0, "cpu_min": 0.5}}

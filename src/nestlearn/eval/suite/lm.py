@@ -3,7 +3,8 @@
 Three tables, all byte-level KJV (data.md §1), equal tokens for every row, validation bits per byte:
 
 * **models**: Transformer++, Titans, Gated DeltaNet, Hope-Attention and Hope at equal non-embedding parameters (the
-  baselines' widths are searched to match Hope's count; NL-L Table 2 is the paper's counterpart);
+  baselines' widths, then their MLP hidden widths, are searched to match Hope's count to a fraction of a
+  percent; NL-L Table 2 is the paper's counterpart);
 * **ablations**: Hope with each Table-6 switch flipped (NL-L §9.6, spec §9.8), plus the literal
   spec's unnormalised v (``selfmod.v_norm = "none"``; the project's default is ``"l2"``) and each
   stability and range switch of docs/design.md (S1–S5) set back to the paper's literal reading;
@@ -35,7 +36,7 @@ import torch
 
 from nestlearn.eval.suite import Section
 from nestlearn.eval.suite.common import run_cells
-from nestlearn.models.lm import match_width
+from nestlearn.models.lm import match_parameters
 
 SIGNALS = ("kv", "lss", "optimizer")
 TABLES = ("models", "ablations", "signals")
@@ -145,6 +146,19 @@ def non_embedding_parameters(model: dict[str, Any], vocab_size: int = 256) -> in
     return CausalLM(model_config_from_dict({**model, "vocab_size": vocab_size})).num_parameters(non_embedding=True)
 
 
+def mlp_hidden(model: dict[str, Any]) -> int:
+    """The hidden width of the MLP after each mixer of a model config dict: the SwiGLU's, or each CMS level's."""
+    from nestlearn.layers.mlp import swiglu_hidden
+    from nestlearn.models.lm import model_config_from_dict
+
+    cfg = model_config_from_dict({**model, "vocab_size": 256})
+    if hasattr(cfg, "ffn_hidden"):
+        return cfg.ffn_hidden or swiglu_hidden(cfg.d_model)
+    if getattr(cfg, "use_cms", True) and hasattr(cfg, "cms"):
+        return cfg.cms.hidden or cfg.cms.hidden_mult * cfg.d_model
+    return swiglu_hidden(cfg.d_model)
+
+
 def plan(budget: Budget, best: dict[str, float] | None = None) -> list[Row]:
     """Every row of the three tables, in the order they run.
 
@@ -158,8 +172,7 @@ def plan(budget: Budget, best: dict[str, float] | None = None) -> list[Row]:
                           ("hope_attention", "Hope-Attention")):
         extra = {"cms": {"chunk_sizes": list(budget.chunk_sizes)}} if family == "hope_attention" else {}
         model = {"family": family, "n_layers": budget.n_layers, "max_seq_len": budget.seq_len, **extra}
-        d, _ = match_width(model, target)
-        models.append((family, label, {**model, "d_model": d}))
+        models.append((family, label, match_parameters(model, target)[0]))
     models.append(("hope", "Hope", hope))
     rates = sorted(budget.lrs, key=lambda lr: lr != budget.lr)  # the budget's own rate first
     rows = [Row("models", family, label, model, budget.seeds[0], lr=lr) for lr in rates for family, label, model in models]
@@ -370,6 +383,7 @@ def summarise(results: list[dict[str, Any]]) -> dict[str, Any]:
             "peak_rss_mb": max((r["result"]["peak_rss_mb"] for r in rows if r["result"]["peak_rss_mb"] is not None),
                                default=None),
             "parameters": rows[0]["result"]["parameters"], "d_model": rows[0]["result"]["d_model"],
+            "hidden": mlp_hidden(rows[0]["model"]),
             "switches": _switches(rows), "steps": min(r["result"]["steps"] for r in every),
             "nonfinite_steps": sum(r["result"]["nonfinite_steps"] for r in every),
             "cpu_min": sum(r["result"]["cpu_min"] for r in every), "lr": best.get(key),
@@ -394,14 +408,14 @@ def markdown(summary: dict[str, Any], budget: Budget, command: str) -> str:
     models = summary.get("models", {})
     if models:
         lines += ["### Models at equal parameters and tokens", "",
-                  f"| model | d_model | non-emb. params | lr | seeds | val bpb (reset) mean ± std | val bpb (carried) | "
+                  f"| model | d_model | MLP hidden | non-emb. params | lr | seeds | val bpb (reset) mean ± std | val bpb (carried) | "
                   f"first seed's bpb at lr {' / '.join(f'{lr:g}' for lr in b.lrs)} | steps | non-finite steps | "
                   "CPU-min (grid and seeds) | tok/s | peak RSS MB | paper Wiki ppl (760M) |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for key, s in models.items():
             score = _score(s) if s["mean"] is None else f"{s['mean']:.3f} ± {s['std']:.3f}"
             grid = " / ".join("—" if s["grid"].get(lr) is None else f"{s['grid'][lr]:.3f}" for lr in b.lrs)
-            lines.append(f"| {s['label']} | {s['d_model']} | {s['parameters']:,} | {s['lr']:g} | {len(s['seeds'])} | "
+            lines.append(f"| {s['label']} | {s['d_model']} | {s['hidden']} | {s['parameters']:,} | {s['lr']:g} | {len(s['seeds'])} | "
                          f"{score} | {_carried(s)} | {grid} | {s['steps']} | {s['nonfinite_steps']} | "
                          f"{s['cpu_min']:.1f} | {s['tok_s']:.0f} | {_mb(s)} | "
                          f"{PAPER_WIKI_760M.get(key, '—')} |")
@@ -441,9 +455,9 @@ def markdown(summary: dict[str, Any], budget: Budget, command: str) -> str:
 
 
 def run(budget: Budget, out_dir: Path, tables: tuple[str, ...] = TABLES,
-        isolate: bool = True, stored_only: bool = False) -> list[dict[str, Any]]:
-    """Train and score every planned row of ``tables``; each row in a fresh process if ``isolate``
-    (``stored_only``: train nothing and return the rows already stored).
+        isolate: bool = True, stored_only: bool = False, jobs: int = 1) -> list[dict[str, Any]]:
+    """Train and score every planned row of ``tables``; each row in a fresh process if ``isolate``,
+    ``jobs`` rows at a time (``stored_only``: train nothing and return the rows already stored).
 
     Each row is one cell, ``out_dir/cells/<table>_<key>_<seed>.json``, keyed by the budget and the
     row's behaviour digest (:func:`cell_digest`): an interrupted run resumes, and a code change
@@ -453,7 +467,7 @@ def run(budget: Budget, out_dir: Path, tables: tuple[str, ...] = TABLES,
 
     def train(rows: list[Row]) -> list[dict[str, Any]]:
         cells = {r.name: (asdict(r), asdict(budget), str(out_dir / "runs"), isolate) for r in rows}
-        done = run_cells(train_cell, cells, settings, out_dir / "cells", 1, "lm", digest=cell_digest,
+        done = run_cells(train_cell, cells, settings, out_dir / "cells", jobs, "lm", digest=cell_digest,
                          stored_only=stored_only)
         return [{**asdict(r), "result": done[r.name]} for r in rows if r.name in done]
 
@@ -466,17 +480,17 @@ def run(budget: Budget, out_dir: Path, tables: tuple[str, ...] = TABLES,
 
 
 def section(quick: bool, out_dir: Path, seed: int = 0, tables: tuple[str, ...] | None = None,
-            stored_only: bool = False) -> Section:
+            stored_only: bool = False, jobs: int = 1) -> Section:
     """The ``lm`` section of docs/results.md (issue 4's quality benchmark; D13's signal ablation);
     ``tables`` runs and reports a subset of models, ablations, signals (rows already scored are kept);
-    ``stored_only`` reports the rows stored so far without training the others."""
+    ``stored_only`` reports the rows stored so far without training the others; ``jobs`` rows train at once."""
     budget = QUICK if quick else FULL
     if seed:
         budget = replace(budget, seeds=tuple(s + seed for s in budget.seeds),
                          signal_seeds=tuple(s + seed for s in budget.signal_seeds),
                          ablation_seeds=tuple(s + seed for s in budget.ablation_seeds))
     torch.set_num_threads(budget.threads)
-    results = run(budget, Path(out_dir) / "lm", tuple(tables or TABLES), stored_only=stored_only)
+    results = run(budget, Path(out_dir) / "lm", tuple(tables or TABLES), stored_only=stored_only, jobs=jobs)
     summary = summarise(results)
     command = "python benchmarks/run_all.py --only lm" + (" --quick" if quick else "")
     text = markdown(summary, budget, command)
