@@ -258,10 +258,12 @@ def markdown(result: dict[str, Any], quick: bool, seed: int, plot_name: str) -> 
         best = {k: max(s["models"], key=lambda f: np.nan_to_num(cell(result, f, k)[0], nan=-1.0)) for k in keys}
         lines.append("Best model per setting: " + ", ".join(
             f"D={k.split('/')[1]}: {NAMES[f]}" for k, f in best.items()) + ".")
-        if "hope" in s["models"]:
-            lines.append("Hope against the best: " + ", ".join(
-                f"D={k.split('/')[1]}: {pct(cell(result, 'hope', k)[0])} vs {pct(cell(result, best[k], k)[0])} %"
-                for k in keys) + ".")
+        baselines = [f for f in s["models"] if f not in HOPE_ROWS]
+        if "hope" in s["models"] and baselines:
+            top = {k: max(baselines, key=lambda f: np.nan_to_num(cell(result, f, k)[0], nan=-1.0)) for k in keys}
+            lines.append("Hope against the best baseline: " + ", ".join(
+                f"D={k.split('/')[1]}: {pct(cell(result, 'hope', k)[0])} vs {pct(cell(result, top[k], k)[0])} % "
+                f"({NAMES[top[k]]})" for k in keys) + ".")
     return "\n".join(lines)
 
 
