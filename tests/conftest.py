@@ -62,3 +62,39 @@ def tiny_text(tmp_path):
     path = tmp_path / "tiny.txt"
     path.write_bytes(kjv_splits()["train"][:60_000])
     return path
+
+
+def _memory_inputs(kind: str, length: int, momentum: bool, seed: int = 0, *, batch: int = 2, heads: int = 2,
+                   dim: int = 5, hidden: int = 6, requires_grad: bool = False, w_scale: float = 0.3,
+                   mlp_scale: float | None = None, v_scale: float = 1.0, eta_scale: float = 1.0,
+                   alpha_low: float = 0.8):
+    """Float64 inputs of one memory call: (initial weights, q, k, v, η, α, β or None).
+
+    Keys are unit vectors; η ∈ [0, eta_scale); α ∈ [alpha_low, 1); β ∈ [0, 1) when ``momentum``.
+    Initial weights are normal with std ``w_scale`` (``mlp_scale`` for the MLP memory, if given).
+    """
+    g = torch.Generator().manual_seed(seed)
+    dt = torch.float64
+
+    def rnd(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=g, dtype=dt) * scale).requires_grad_(requires_grad)
+
+    def uniform(low=0.0, high=1.0):
+        return (low + (high - low) * torch.rand(batch, heads, length, generator=g, dtype=dt)).requires_grad_(requires_grad)
+
+    if kind == "linear":
+        init = {"W": rnd(heads, dim, dim, scale=w_scale)}
+    else:
+        scale = w_scale if mlp_scale is None else mlp_scale
+        init = {"W1": rnd(heads, dim, hidden, scale=scale), "W2": rnd(heads, hidden, dim, scale=scale)}
+    q, v = rnd(batch, heads, length, dim), rnd(batch, heads, length, dim, scale=v_scale)
+    k = torch.nn.functional.normalize(torch.randn(batch, heads, length, dim, generator=g, dtype=dt), dim=-1)
+    eta, alpha, beta = uniform(high=eta_scale), uniform(low=alpha_low), uniform()
+    return init, q, k.requires_grad_(requires_grad), v, eta, alpha, (beta if momentum else None)
+
+
+@pytest.fixture
+def memory_inputs():
+    """``make(kind, length, momentum, seed=0, **sizes_and_scales)``: float64 inputs of one memory call
+    (initial weights, q, k, v, η, α, β or None), for fast-path-against-reference tests."""
+    return _memory_inputs

@@ -18,24 +18,17 @@ from nestlearn.train.config import load_run_config
 from nestlearn.train.loading import load_model
 
 DT = torch.float64
-B, H, D, HID = 2, 2, 5, 6
+B, H, D = 2, 2, 5  # the sizes of the inputs fixture (memory_inputs)
 
 
-def make_inputs(kind: str, length: int, momentum: bool, seed: int = 0, requires_grad: bool = False):
-    g = torch.Generator().manual_seed(seed)
+@pytest.fixture
+def make_inputs(memory_inputs):
+    """Inputs with gates well below 1, so the two forms differ by a clear margin."""
 
-    def rnd(*shape, scale=1.0):
-        return (torch.randn(*shape, generator=g, dtype=DT) * scale).requires_grad_(requires_grad)
+    def make(kind: str, length: int, momentum: bool, seed: int = 0, requires_grad: bool = False):
+        return memory_inputs(kind, length, momentum, seed, requires_grad=requires_grad, w_scale=0.5, alpha_low=0.5)
 
-    init = ({"W": rnd(H, D, D, scale=0.5)} if kind == "linear"
-            else {"W1": rnd(H, D, HID, scale=0.5), "W2": rnd(H, HID, D, scale=0.5)})
-    q, v = rnd(B, H, length, D), rnd(B, H, length, D)
-    k = F.normalize(torch.randn(B, H, length, D, generator=g, dtype=DT), dim=-1).requires_grad_(requires_grad)
-    eta = torch.rand(B, H, length, generator=g, dtype=DT).requires_grad_(requires_grad)
-    # Gates well below 1, so the two forms differ by a clear margin.
-    alpha = (0.5 + 0.5 * torch.rand(B, H, length, generator=g, dtype=DT)).requires_grad_(requires_grad)
-    beta = torch.rand(B, H, length, generator=g, dtype=DT).requires_grad_(requires_grad) if momentum else None
-    return init, q, k, v, eta, alpha, beta
+    return make
 
 
 def scan(fn, spec, init, q, k, v, eta, alpha, beta, pos=0):
@@ -50,7 +43,7 @@ GATED_DELTANET = dict(kind="linear", objective="dot", rule="dgd")
 
 
 @pytest.mark.parametrize("eigen,chunk", list(itertools.product(("positive", "signed"), (1, 3, 8, 16))))
-def test_yang_fast_equals_reference(eigen, chunk):
+def test_yang_fast_equals_reference(eigen, chunk, make_inputs):
     for length, pos in ((1, 0), (13, 0), (21, 5)):
         spec = MemorySpec(**GATED_DELTANET, chunk_size=chunk, eigen=eigen, gate_form="yang")
         inputs = make_inputs("linear", length, False, seed=length)
@@ -62,7 +55,7 @@ def test_yang_fast_equals_reference(eigen, chunk):
 
 @pytest.mark.parametrize("kind,objective,momentum,step_norm", [("linear", "l2", "ema", "bounded"),
                                                                ("mlp", "l2", "titans", "implicit")])
-def test_yang_fast_equals_reference_other_dgd_memories(kind, objective, momentum, step_norm):
+def test_yang_fast_equals_reference_other_dgd_memories(kind, objective, momentum, step_norm, make_inputs):
     spec = MemorySpec(kind=kind, objective=objective, rule="dgd", momentum=momentum, step_norm=step_norm,
                       write_bound=0.8, eigen="signed", chunk_size=4, gate_form="yang")
     inputs = make_inputs(kind, 11, True, seed=2)
@@ -73,7 +66,7 @@ def test_yang_fast_equals_reference_other_dgd_memories(kind, objective, momentum
 
 
 @pytest.mark.parametrize("eigen", ("positive", "signed"))
-def test_yang_gradients_equal_reference_gradients(eigen):
+def test_yang_gradients_equal_reference_gradients(eigen, make_inputs):
     """Outer gradients w.r.t. the initial state, q, k, v and both gates (η, α), odd length, mid-chunk start."""
     spec = MemorySpec(**GATED_DELTANET, chunk_size=4, eigen=eigen, gate_form="yang")
     weight = torch.randn(B, H, 11, D, generator=torch.Generator().manual_seed(7), dtype=DT)
@@ -87,7 +80,7 @@ def test_yang_gradients_equal_reference_gradients(eigen):
         assert close(a, b, 1e-10)
 
 
-def one_step(gate_form: str, eigen: str = "positive"):
+def one_step(make_inputs, gate_form: str, eigen: str = "positive"):
     """One token through the fast path from M₀: (M₀, k, v, η, α, M₁), one sample and head."""
     init, _, k, v, eta, alpha, _ = make_inputs("linear", 1, False, seed=11)
     spec = MemorySpec(**GATED_DELTANET, chunk_size=1, eigen=eigen, gate_form=gate_form)
@@ -96,16 +89,16 @@ def one_step(gate_form: str, eigen: str = "positive"):
     return m0, k[0, 0, 0, :, None], v[0, 0, 0, :, None], eta[0, 0, 0], alpha[0, 0, 0], st["W"][0, 0]
 
 
-def test_one_yang_step_by_hand():
-    m0, k, v, eta, alpha, m1 = one_step("yang")
+def test_one_yang_step_by_hand(make_inputs):
+    m0, k, v, eta, alpha, m1 = one_step(make_inputs, "yang")
     eye = torch.eye(D, dtype=DT)
     assert close(m1, alpha * m0 @ (eye - eta * k @ k.mT) + eta * v @ k.mT, 1e-13)
 
 
-def test_the_forms_differ_by_the_gated_delta_term():
+def test_the_forms_differ_by_the_gated_delta_term(make_inputs):
     """Eq 92 − Yang = −(1 − α) η M k kᵀ (Eq 92 forgets less along k), and the forms agree without decay."""
-    m0, k, v, eta, alpha, yang = one_step("yang")
-    *_, eq92 = one_step("eq92")
+    m0, k, v, eta, alpha, yang = one_step(make_inputs, "yang")
+    *_, eq92 = one_step(make_inputs, "eq92")
     assert close(eq92 - yang, -(1 - alpha) * eta * m0 @ k @ k.mT, 1e-13)
     assert (yang - eq92).abs().max() > 1e-3
     spec = {f: MemorySpec(**GATED_DELTANET, chunk_size=4, gate_form=f) for f in ("yang", "eq92")}
@@ -114,13 +107,13 @@ def test_the_forms_differ_by_the_gated_delta_term():
     assert close(outs[0], outs[1], 1e-13)
 
 
-def test_signed_yang_steps_up_to_two():
+def test_signed_yang_steps_up_to_two(make_inputs):
     """With ``eigen="signed"`` Yang's step is 2η: α M(I − 2η k kᵀ) + 2η v kᵀ, whose transition along k is
     α(1 − 2η), negative for η > 1/2 (Eq 92's signed step stays (1 + α)η)."""
-    m0, k, v, eta, alpha, m1 = one_step("yang", "signed")
+    m0, k, v, eta, alpha, m1 = one_step(make_inputs, "yang", "signed")
     eye = torch.eye(D, dtype=DT)
     assert close(m1, alpha * m0 @ (eye - 2 * eta * k @ k.mT) + 2 * eta * v @ k.mT, 1e-13)
-    *_, eq92 = one_step("eq92", "signed")
+    *_, eq92 = one_step(make_inputs, "eq92", "signed")
     step = (1 + alpha) * eta
     assert close(eq92, m0 @ (alpha * eye - step * k @ k.mT) + step * v @ k.mT, 1e-13)
     # The transition on W = I with zero values: its eigenvalue along k.

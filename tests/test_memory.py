@@ -19,30 +19,21 @@ from nestlearn.memory import (
 )
 
 DT = torch.float64
-B, H, D, HID = 2, 2, 5, 6
+B, H, D = 2, 2, 5  # the sizes of the inputs fixture (memory_inputs)
 
 # The brief's inner optimisers: plain GD, GD with Titans momentum [T Eqs 13-14], DGD (D6).
 OPTIMIZERS = {"gd": dict(rule="gd", momentum="none"), "momentum": dict(rule="gd", momentum="titans"),
               "dgd": dict(rule="dgd", momentum="none")}
 
 
-def make_inputs(spec: MemorySpec, length: int, seed: int = 0, batch: int = B, requires_grad: bool = False,
-                heads: int = H, dim: int = D, hidden: int = HID):
-    g = torch.Generator().manual_seed(seed)
+@pytest.fixture
+def make_inputs(memory_inputs):
+    """``make(spec, length, seed=0, **sizes)``: inputs for ``spec`` (its momentum decides β), η < 0.5."""
 
-    def rnd(*shape, scale=1.0):
-        return (torch.randn(*shape, generator=g, dtype=DT) * scale).requires_grad_(requires_grad)
+    def make(spec: MemorySpec, length: int, seed: int = 0, **sizes):
+        return memory_inputs(spec.kind, length, spec.momentum != "none", seed, eta_scale=0.5, **sizes)
 
-    if spec.kind == "linear":
-        init = {"W": rnd(heads, dim, dim, scale=0.3)}
-    else:
-        init = {"W1": rnd(heads, dim, hidden, scale=0.3), "W2": rnd(heads, hidden, dim, scale=0.3)}
-    q, v = rnd(batch, heads, length, dim), rnd(batch, heads, length, dim)
-    k = F.normalize(torch.randn(batch, heads, length, dim, generator=g, dtype=DT), dim=-1).requires_grad_(requires_grad)
-    eta = (0.5 * torch.rand(batch, heads, length, generator=g, dtype=DT)).requires_grad_(requires_grad)
-    alpha = (0.8 + 0.2 * torch.rand(batch, heads, length, generator=g, dtype=DT)).requires_grad_(requires_grad)
-    beta = torch.rand(batch, heads, length, generator=g, dtype=DT).requires_grad_(requires_grad)
-    return init, q, k, v, eta, alpha, (None if spec.momentum == "none" else beta)
+    return make
 
 
 def run(fn, spec, init, q, k, v, eta, alpha, beta, pos=0):
@@ -55,7 +46,7 @@ def assert_close(a, b, tol=1e-9):
 
 
 @pytest.mark.parametrize("kind,objective,opt", list(itertools.product(("linear", "mlp"), ("l2", "dot"), OPTIMIZERS)))
-def test_fast_equals_reference(kind, objective, opt):
+def test_fast_equals_reference(kind, objective, opt, make_inputs):
     for length in (1, 7, 63, 100):
         spec = MemorySpec(kind=kind, objective=objective, chunk_size=16, **OPTIMIZERS[opt])
         inputs = make_inputs(spec, length, seed=length)
@@ -69,7 +60,7 @@ def test_fast_equals_reference(kind, objective, opt):
 
 @pytest.mark.parametrize("momentum,read,rule", list(itertools.product(("titans", "scaled"), ("after", "before", "boundary"),
                                                                       ("gd", "dgd"))))
-def test_fast_equals_reference_momentum_forms_and_reads(momentum, read, rule):
+def test_fast_equals_reference_momentum_forms_and_reads(momentum, read, rule, make_inputs):
     for kind in ("linear", "mlp"):
         spec = MemorySpec(kind=kind, rule=rule, momentum=momentum, read=read, chunk_size=8, activation="gelu")
         inputs = make_inputs(spec, 21)
@@ -80,7 +71,7 @@ def test_fast_equals_reference_momentum_forms_and_reads(momentum, read, rule):
             assert_close(st_f[name], st_r[name])
 
 
-def test_chunk_size_one_is_token_by_token_equations():
+def test_chunk_size_one_is_token_by_token_equations(make_inputs):
     """C = 1: the gradient of token t is taken at M_{t-1}; written out by hand for the MLP + DGD + momentum."""
     spec = MemorySpec(kind="mlp", rule="dgd", momentum="scaled", chunk_size=1)
     init, q, k, v, eta, alpha, beta = make_inputs(spec, 9)
@@ -100,7 +91,7 @@ def test_chunk_size_one_is_token_by_token_equations():
         assert_close(out[..., t, :], (qt + w1 @ F.silu(w2 @ qt)).squeeze(-1))
 
 
-def test_boundary_read_is_the_state_at_the_last_chunk_boundary():
+def test_boundary_read_is_the_state_at_the_last_chunk_boundary(make_inputs):
     """read="boundary": every token of a chunk reads the state the chunk started from (a stream
     carried in from mid-chunk reads its boundary copy), written out with the "after" read's states."""
     after = MemorySpec(kind="mlp", rule="dgd", momentum="ema", chunk_size=4)
@@ -122,7 +113,7 @@ def linear_spec(**kw):
     return MemorySpec(kind="linear", **kw)
 
 
-def test_linear_dot_gd_is_linear_attention():
+def test_linear_dot_gd_is_linear_attention(make_inputs):
     """[NL-L Eqs 15-18]: M_t = M_{t-1} + v_t k_tᵀ, y_t = M_t q_t, i.e. a causal cumsum."""
     spec = linear_spec(objective="dot", rule="gd", chunk_size=4)
     init, q, k, v, *_ = make_inputs(spec, 11)
@@ -144,7 +135,7 @@ def delta_rule(init, k, v, eta, alpha=None):
 
 
 @pytest.mark.parametrize("gated", [False, True])
-def test_linear_l2_gd_is_delta_rule(gated):
+def test_linear_l2_gd_is_delta_rule(gated, make_inputs):
     """C = 1, L2, GD: the delta rule [NL-L Eq 65]; with α it is the gated delta rule [T App. C Eq 33, η = 0]."""
     spec = linear_spec(objective="l2", rule="gd", chunk_size=1)
     init, q, k, v, eta, alpha, _ = make_inputs(spec, 10)
@@ -157,7 +148,7 @@ def test_linear_l2_gd_is_delta_rule(gated):
 
 
 @pytest.mark.parametrize("chunk", [1, 3, 16])
-def test_dot_dgd_is_gated_delta_rule_at_any_chunk(chunk):
+def test_dot_dgd_is_gated_delta_rule_at_any_chunk(chunk, make_inputs):
     """Dot objective + DGD is the gated delta rule W_t = W_{t-1}(α_t I − η_t k_t k_tᵀ) + η_t v_t k_tᵀ for any C (D6)."""
     spec = linear_spec(objective="dot", rule="dgd", chunk_size=chunk)
     init, q, k, v, eta, alpha, _ = make_inputs(spec, 13)
@@ -170,7 +161,7 @@ def test_dot_dgd_is_gated_delta_rule_at_any_chunk(chunk):
         assert_close(out[..., t, :], (w @ q[..., t, :, None]).squeeze(-1))
 
 
-def test_titans_momentum_and_decay_chunked():
+def test_titans_momentum_and_decay_chunked(make_inputs):
     """[T Eqs 13-14, 16-18]: S_t = β S − η ∇ℓ(M_{t'}), M_t = α M + S, gradients at the chunk start t'."""
     chunk, length = 4, 10
     spec = linear_spec(objective="l2", rule="gd", momentum="titans", chunk_size=chunk)
@@ -189,7 +180,7 @@ def test_titans_momentum_and_decay_chunked():
     assert_close(state["W_mom"], -surprise)
 
 
-def test_closed_form_gradients_match_autograd():
+def test_closed_form_gradients_match_autograd(make_inputs):
     for kind, objective, act in itertools.product(("linear", "mlp"), ("l2", "dot"), ("silu", "gelu")):
         spec = MemorySpec(kind=kind, objective=objective, activation=act)
         init, _, k, v, *_ = make_inputs(spec, 1, batch=1)
@@ -207,7 +198,7 @@ def test_segment_products_exact_with_zero_gates():
     assert d[3, 0] == 0.0 and d[3, 1] == 6.0 and d[2, 2] == 1.0 and d[0, 3] == 0.0
 
 
-def test_segmented_calls_equal_one_call():
+def test_segmented_calls_equal_one_call(make_inputs):
     spec = MemorySpec(kind="mlp", rule="dgd", momentum="titans", chunk_size=8)
     init, q, k, v, eta, alpha, beta = make_inputs(spec, 30)
     full, st_full = run(memory_scan, spec, init, q, k, v, eta, alpha, beta)
@@ -224,7 +215,7 @@ def test_segmented_calls_equal_one_call():
         assert_close(state[name], st_full[name], 1e-12)
 
 
-def test_batch_isolation():
+def test_batch_isolation(make_inputs):
     spec = MemorySpec(kind="mlp", rule="dgd", momentum="scaled", chunk_size=4)
     init, q, k, v, eta, alpha, beta = make_inputs(spec, 9, batch=3)
     out, state = run(memory_scan, spec, init, q, k, v, eta, alpha, beta)
@@ -238,7 +229,7 @@ def test_batch_isolation():
 
 @pytest.mark.parametrize("fn", [memory_scan, memory_scan_reference], ids=["fast", "reference"])
 @pytest.mark.parametrize("kind,rule,momentum", [("linear", "dgd", "titans"), ("mlp", "dgd", "scaled"), ("mlp", "gd", "titans")])
-def test_gradcheck(fn, kind, rule, momentum):
+def test_gradcheck(fn, kind, rule, momentum, make_inputs):
     spec = MemorySpec(kind=kind, rule=rule, momentum=momentum, chunk_size=2)
     init, q, k, v, eta, alpha, beta = make_inputs(spec, 5, batch=1, requires_grad=True, heads=1, dim=3, hidden=2)
     names = list(init)
@@ -252,7 +243,7 @@ def test_gradcheck(fn, kind, rule, momentum):
 
 
 @pytest.mark.parametrize("kind,read", list(itertools.product(("linear", "mlp"), ("after", "boundary"))))
-def test_fast_gradients_equal_reference_gradients(kind, read):
+def test_fast_gradients_equal_reference_gradients(kind, read, make_inputs):
     spec = MemorySpec(kind=kind, rule="dgd", momentum="titans", chunk_size=4, read=read)
     inputs = make_inputs(spec, 11, requires_grad=True)
     leaves = [*inputs[0].values(), *inputs[1:]]
@@ -273,7 +264,7 @@ def test_spec_validation_names_field():
         MemorySpec(chunk_size=0)
 
 
-def test_float32_fast_path_tracks_float64():
+def test_float32_fast_path_tracks_float64(make_inputs):
     """The triangular solve and the gate products stay accurate in float32 at C = 64, η up to 1."""
     spec = MemorySpec(kind="linear", objective="dot", rule="dgd", chunk_size=64)
     init, q, k, v, eta, alpha, _ = make_inputs(spec, 200)
@@ -283,7 +274,7 @@ def test_float32_fast_path_tracks_float64():
     assert (out32.double() - out64).abs().max().item() < 1e-5 * out64.abs().max().item() + 1e-6
 
 
-def test_scalar_head_memory_without_residual():
+def test_scalar_head_memory_without_residual(make_inputs):
     """d → h → 1 MLP memories with no residual (the η/α heads of D8) run through the same scan."""
     spec = MemorySpec(kind="mlp", rule="dgd", momentum="scaled", residual=False, chunk_size=4)
     init, q, k, v, eta, alpha, beta = make_inputs(spec, 10)
@@ -297,7 +288,7 @@ def test_scalar_head_memory_without_residual():
 
 
 @pytest.mark.parametrize("kind,read", list(itertools.product(("linear", "mlp"), ("after", "boundary"))))
-def test_stopgrad_writes(kind, read):
+def test_stopgrad_writes(kind, read, make_inputs):
     """D3 "stopgrad": same values; gradients reach q and M_0 only (fast path = reference)."""
     spec = MemorySpec(kind=kind, rule="dgd", momentum="titans", chunk_size=4, read=read)
     stop = MemorySpec(kind=kind, rule="dgd", momentum="titans", chunk_size=4, write_grad="stopgrad", read=read)

@@ -11,23 +11,17 @@ from nestlearn.memory import MemorySpec, init_memory_state, memory_scan, memory_
 from nestlearn.memory.monitor import watch
 
 DT = torch.float64
-B, H, D, HID = 2, 2, 5, 6
+B = 2  # the batch of the inputs fixture (memory_inputs)
 
 
-def make_inputs(kind: str, length: int, momentum: bool, seed: int = 0, requires_grad: bool = False):
-    g = torch.Generator().manual_seed(seed)
+@pytest.fixture
+def make_inputs(memory_inputs):
+    """Inputs with values twice the keys' scale, so the stability switches have something to bound."""
 
-    def rnd(*shape, scale=1.0):
-        return (torch.randn(*shape, generator=g, dtype=DT) * scale).requires_grad_(requires_grad)
+    def make(kind: str, length: int, momentum: bool, seed: int = 0, requires_grad: bool = False):
+        return memory_inputs(kind, length, momentum, seed, requires_grad=requires_grad, mlp_scale=0.5, v_scale=2.0)
 
-    init = ({"W": rnd(H, D, D, scale=0.3)} if kind == "linear"
-            else {"W1": rnd(H, D, HID, scale=0.5), "W2": rnd(H, HID, D, scale=0.5)})
-    q, v = rnd(B, H, length, D), rnd(B, H, length, D, scale=2.0)
-    k = F.normalize(torch.randn(B, H, length, D, generator=g, dtype=DT), dim=-1).requires_grad_(requires_grad)
-    eta = torch.rand(B, H, length, generator=g, dtype=DT).requires_grad_(requires_grad)
-    alpha = (0.8 + 0.2 * torch.rand(B, H, length, generator=g, dtype=DT)).requires_grad_(requires_grad)
-    beta = torch.rand(B, H, length, generator=g, dtype=DT).requires_grad_(requires_grad) if momentum else None
-    return init, q, k, v, eta, alpha, beta
+    return make
 
 
 def both(spec, init, q, k, v, eta, alpha, beta, pos=0):
@@ -49,7 +43,7 @@ CASES = list(itertools.product(("linear", "mlp"), ("gd", "dgd"), ("none", "titan
 
 
 @pytest.mark.parametrize("kind,rule,momentum,step_norm,retain", CASES)
-def test_switches_fast_equals_reference(kind, rule, momentum, step_norm, retain):
+def test_switches_fast_equals_reference(kind, rule, momentum, step_norm, retain, make_inputs):
     for length, pos, eigen, bound in ((13, 0, "signed", 0.0), (21, 5, "positive", 0.7)):
         spec = MemorySpec(kind=kind, rule=rule, momentum=momentum, step_norm=step_norm, retain=retain,
                           eigen=eigen, write_bound=bound, chunk_size=8, read="before" if pos else "after")
@@ -61,7 +55,7 @@ def test_switches_fast_equals_reference(kind, rule, momentum, step_norm, retain)
 
 
 @pytest.mark.parametrize("kind", ("linear", "mlp"))
-def test_switches_outer_gradients_match(kind):
+def test_switches_outer_gradients_match(kind, make_inputs):
     spec = MemorySpec(kind=kind, rule="dgd", momentum="ema", step_norm="bounded", retain="initial",
                       eigen="signed", write_bound=0.8, chunk_size=4, objective="l2")
     grads = []
