@@ -141,3 +141,13 @@ def test_lm_allocation_report_reads_the_cells(bench, tmp_path, monkeypatch):
     assert "| Titans (the LM section's row) | 108 | 320,730 | — | 2.100 ± 0.141 (2 seeds) |" in table
     assert "2.750 (1 seed) | — |" in table
     assert "without CMS" not in table  # rows without cells are left out
+
+
+def test_hope_ops_counts_every_part_and_each_memory_chunk(bench):
+    counts = bench("hope_ops").main(["--model", "quick", "--batch", "2", "--seq", "32"])
+    parts = ("the rest of the block", "generating memories", "output memory", "CMS", "backward")
+    assert all(counts[p] > 0 for p in parts)
+    # HOPE_QUICK: output memory chunks of 4 tokens, generating memories of 8 in two groups, whose last
+    # chunk a training call (keep_state=False) skips.
+    assert counts["memory chunk calls (C = 4)"] == 8 and counts["memory chunk calls (C = 8)"] == 2 * 3
+    assert bench("hope_ops").main(["--model", "quick", "--batch", "2", "--seq", "32"]) == counts  # deterministic

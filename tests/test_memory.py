@@ -10,6 +10,7 @@ from nestlearn.errors import ConfigError
 from nestlearn.memory import (
     MemorySpec,
     boundary_factors,
+    compile_chunk_step,
     init_memory_state,
     inner_loss,
     memory_apply,
@@ -313,3 +314,27 @@ def test_stopgrad_writes(kind, read, make_inputs):
 def test_write_grad_validation():
     with pytest.raises(ConfigError, match="write_grad"):
         MemorySpec(write_grad="none")
+
+
+def test_compiled_chunk_step_equals_the_eager_one(make_inputs):
+    """``compile_chunk_step``: the same outputs, state and gradients (aot_eager traces the step as
+    inductor does, without needing a C++ compiler), over an odd length with a short last chunk."""
+    spec = MemorySpec(kind="mlp", rule="dgd", momentum="ema", chunk_size=4, step_norm="bounded", write_bound=1.0,
+                      eigen="signed")
+    inputs = make_inputs(spec, 11, requires_grad=True)
+    leaves = [*inputs[0].values(), *inputs[1:]]
+    results = []
+    try:
+        for backend in (None, "aot_eager"):
+            compile_chunk_step(backend)
+            out, state = run(memory_scan, spec, *inputs)
+            loss = out.square().sum() + sum(s.square().sum() for s in state.values())
+            results.append((out, state, torch.autograd.grad(loss, leaves)))
+    finally:
+        compile_chunk_step(None)
+    (out_e, state_e, grads_e), (out_c, state_c, grads_c) = results
+    assert_close(out_c, out_e)
+    for name in state_e:
+        assert_close(state_c[name], state_e[name])
+    for gc, ge in zip(grads_c, grads_e):
+        assert_close(gc, ge)

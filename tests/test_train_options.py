@@ -105,6 +105,19 @@ def test_compile_on_and_off_give_the_same_losses(tmp_path, tiny_text):
                                rtol=1e-4, atol=0)
 
 
+def test_compile_chunks_switches_the_chunk_step_for_the_run(tmp_path, tiny_text, monkeypatch):
+    """train.compile_chunks compiles the memories' chunk step (tests/test_memory.py checks that the
+    compiled step computes what the eager one does; a real compile takes minutes, so it is stubbed)."""
+    import nestlearn.train.trainer as trainer_module
+
+    calls = []
+    monkeypatch.setattr(trainer_module, "compile_chunk_step", lambda *args: calls.append(args))
+    Trainer(config(tmp_path / "off", tiny_text), progress=False)
+    assert calls == []
+    trainer = Trainer(config(tmp_path / "on", tiny_text, "train.compile_chunks=true"), progress=False)
+    assert calls == [()] and trainer.cfg.train.compile_chunks
+
+
 def test_flush_denormal_is_recorded_and_changes_results_only_below_float32_tolerance(tmp_path, tiny_text):
     """train.flush_denormal (on by default on CPU) sets flush-to-zero for the run and is recorded in its
     config; a Hope run with it gives the unflushed run's losses to float32 tolerance."""

@@ -314,6 +314,28 @@ def _chunk(spec: MemorySpec, cur: State, mom: State, grad_at: State, q: Tensor, 
     return (q + out if spec.residual else out), new_w, new_m
 
 
+_compiled: dict[str, object] = {}
+_step = {"chunk": _chunk}  # what memory_scan runs per chunk: _chunk, or its torch.compile'd version
+
+
+def compile_chunk_step(backend: str | None = "inductor") -> None:
+    """Run :func:`memory_scan`'s chunk step under ``torch.compile`` in this process (None: eagerly again).
+
+    At the widths of the evidence suite a chunk is some 300 small operations forward and twice that
+    backward, so its time is per-operation overhead (docs/performance.md); compiling the chunk step
+    alone fuses its element-wise work, forward and backward, while the chunk loop and the layers
+    around it stay eager. Each chunk shape and memory spec is compiled once, on first use (minutes
+    on CPU, with a C++ compiler for ``"inductor"``); a run then pays off only if it is long. Results
+    agree with the eager step to rounding (tests/test_memory.py). ``train.compile_chunks`` sets it.
+    """
+    if backend is None:
+        _step["chunk"] = _chunk
+        return
+    if backend not in _compiled:  # one wrapper per backend, so that its compiled graphs are reused
+        _compiled[backend] = torch.compile(_chunk, dynamic=False, backend=backend)
+    _step["chunk"] = _compiled[backend]
+
+
 def _check_inputs(spec: MemorySpec, state: State, eta: Tensor, alpha: Tensor | None, beta: Tensor | None,
                   anchor: State | None) -> None:
     if (spec.retain == "initial") != (anchor is not None):
@@ -407,7 +429,7 @@ def memory_scan(spec: MemorySpec, state: State, q: Tensor, k: Tensor, v: Tensor,
             break
         if (pos + start) % spec.chunk_size == 0:
             grad_at = dict(cur)
-        out, cur, mom = _chunk(spec, cur, mom, grad_at, *(x[i] for x in pieces),
+        out, cur, mom = _step["chunk"](spec, cur, mom, grad_at, *(x[i] for x in pieces),
                                *(None if g is None else g[i] for g in gates), anchor=anchor, stop_shift=shift,
                                outputs=outputs, self_values=self_values, end_state=final_state or not last)
         outs.append(out)

@@ -44,6 +44,10 @@ class TrainConfig:
             global batch is batch_size × grad_accum × number of processes
             (:mod:`nestlearn.train.distributed`).
         compile: ``torch.compile`` the training forward and backward (validation and sampling stay eager).
+        compile_chunks: ``torch.compile`` only the memories' chunk step
+            (:func:`nestlearn.memory.compile_chunk_step`: Titans, the delta-rule families and Hope's
+            self-modifying memories), for training and validation alike. Its compilation takes minutes
+            on CPU, so it pays off in long runs only (docs/performance.md).
         activation_checkpointing: recompute each block's activations in the backward pass instead
             of storing them (less memory for long sequences, about one more forward of compute).
         tensorboard: also write the logged scalars as TensorBoard events to ``out_dir/tensorboard``
@@ -71,6 +75,7 @@ class TrainConfig:
     flush_denormal: bool = True
     distributed: str = "ddp"
     compile: bool = False
+    compile_chunks: bool = False
     activation_checkpointing: bool = False
     tensorboard: bool = False
 
@@ -93,7 +98,7 @@ class TrainConfig:
 # Fields that change how a run is operated, not what it computes: they may differ on --resume.
 OPERATIONAL_FIELDS = {"train.stop_at", "train.eval_every", "train.eval_tokens", "train.ckpt_every",
                       "train.log_every", "train.sample_tokens", "train.out_dir", "train.device", "train.threads",
-                      "train.distributed", "train.compile", "train.activation_checkpointing", "train.tensorboard"}
+                      "train.distributed", "train.compile", "train.compile_chunks", "train.activation_checkpointing", "train.tensorboard"}
 
 
 @dataclass

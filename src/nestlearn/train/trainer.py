@@ -25,7 +25,7 @@ from nestlearn.data.corpus import load_corpus
 from nestlearn.data.tokenizer import BPETokenizer, ByteTokenizer, tokenizer_from_description
 from nestlearn.errors import CheckpointError, ConfigError, DataError, NestlearnError
 from nestlearn.eval.lm import evaluate_bpb
-from nestlearn.memory import monitor
+from nestlearn.memory import compile_chunk_step, monitor
 from nestlearn.models.lm import CausalLM, replace_config
 from nestlearn.optim.config import build_optimizer
 from nestlearn.provenance import provenance
@@ -72,6 +72,8 @@ class Trainer:
         self.dist, self.device = setup(tc.distributed, tc.device)
         if self.device.type == "cpu":
             torch.set_flush_denormal(tc.flush_denormal)
+        if tc.compile_chunks:
+            compile_chunk_step()
         check_optimizer(self.dist, cfg.optim.name)
         if tc.tensorboard and self.dist.is_main:
             summary_writer_class()
