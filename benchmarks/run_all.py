@@ -185,7 +185,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--summary", action="store_true",
                         help="run no section; only regenerate the README summary from --results")
     parser.add_argument("--stored-only", action="store_true",
-                        help="train nothing: report the cells stored so far (for the sections that take it: lm)")
+                        help="train nothing: report the cells stored so far (for the sections that take it: lm, mad)")
     parser.add_argument("--models", default="", help="comma-separated rows, for the sections that take them (formal, mad)")
     parser.add_argument("--tables", default="", help="comma-separated tables, for the sections that take them "
                         "(lm: models, ablations, signals)")

@@ -169,3 +169,22 @@ def test_mad_verdicts_need_a_baseline_at_half_and_flag_grid_edges():
     assert "ICR: best Hope (95.0 %)" in text and "agrees with" in text
     assert "Memory: **uninformative at this budget**" in text  # Hope's 100 % does not count without a baseline
     assert mad.grid_edges(result) == ["Transformer++ on ICR (0.0003)", "Hope on ICR (0.003)"]  # ties not flagged
+
+
+def test_mad_section_reports_stored_cells_only_and_how_far_the_rest_are(tmp_path):
+    from dataclasses import replace
+
+    from nestlearn.eval.suite import mad
+
+    s = mad.SETTINGS["test"]
+    first, *others = s.models
+    mad.section(False, tmp_path, 0, settings=replace(s, models=(first,)))
+    partial = replace(s, models=(first, others[0]), tasks=s.tasks[:1], lrs=s.lrs[:1])
+    mad.section(False, tmp_path, 0, settings=partial)  # one of the second family's cells
+    cells = len(list((tmp_path / "cells").glob("*.json")))
+    sec = mad.section(False, tmp_path, 0, settings=s, stored_only=True)
+    assert len(list((tmp_path / "cells").glob("*.json"))) == cells  # nothing trained
+    assert list(sec.data["runs"]) == [first]
+    total = len(s.tasks) * len(s.lrs)
+    assert f"{mad.NAMES[others[0]]} (1 of {total} runs stored)" in sec.markdown
+    assert all(f"{mad.NAMES[f]} (not run yet)" in sec.markdown for f in others[1:])

@@ -144,9 +144,21 @@ def cell_name(seed: int, task: str, lr: float, family: str) -> str:
     return f"{seed}/{task}/{lr:g}/{family}"
 
 
+def cells_of(s: MADSettings, seed: int) -> dict[str, tuple]:
+    """Cell name -> arguments of :func:`run_cell`, for every family × task × learning rate of ``s``."""
+    return {cell_name(seed, t, lr, f): (s, seed, t, lr, f) for f in s.models for t in s.tasks for lr in s.lrs}
+
+
+def stored_runs(s: MADSettings, out_dir: Path, seed: int = 0) -> dict[str, int]:
+    """Family -> how many of its task × rate cells are stored under ``out_dir/cells`` (nothing trains)."""
+    done = run_cells(run_cell, cells_of(s, seed), asdict(s), out_dir / "cells", 1, "mad",
+                     ignore=("models", "tasks", "lrs"), stored_only=True)
+    return {f: sum(cell_name(seed, t, lr, f) in done for t in s.tasks for lr in s.lrs) for f in s.models}
+
+
 def run(s: MADSettings, out_dir: Path, seed: int = 0, jobs: int = 1) -> dict[str, Any]:
     """Every family × task × learning rate of ``s`` (resumable, families in order); writes ``mad.json``."""
-    cells = {cell_name(seed, t, lr, f): (s, seed, t, lr, f) for f in s.models for t in s.tasks for lr in s.lrs}
+    cells = cells_of(s, seed)
     t0 = time.perf_counter()
     # A cell's name holds its task, rate and family, so a run of other rows, tasks or rates reuses it.
     done = run_cells(run_cell, cells, asdict(s), out_dir / "cells", jobs, "mad", ignore=("models", "tasks", "lrs"))
@@ -248,8 +260,9 @@ def verdicts(result: dict[str, Any]) -> list[str]:
     return lines
 
 
-def markdown(result: dict[str, Any], quick: bool, seed: int, missing: tuple[str, ...] = ()) -> str:
-    """The section body; ``missing``: families of the setting whose cells have not run yet."""
+def markdown(result: dict[str, Any], quick: bool, seed: int, missing: dict[str, int] | None = None) -> str:
+    """The section body; ``missing``: family -> runs stored so far, for the families of the setting
+    that are not in the tables (not all of their cells have run)."""
     s = result["settings"]
     steps = dict(s["steps"])
     epochs = {t: next(iter(result["runs"].values()))[t][f"{s['lrs'][0]:g}"]["epochs"] for t in s["tasks"]}
@@ -266,8 +279,10 @@ def markdown(result: dict[str, Any], quick: bool, seed: int, missing: tuple[str,
     if quick:
         lines.append("- **Quick setting**: a few steps on small data; a smoke run, not evidence.")
     if missing:
-        lines.append(f"- **Partial**: {', '.join(NAMES[f] for f in missing)} not run yet; rerunning the command "
-                     "resumes from the stored cells.")
+        total = len(s["tasks"]) * len(s["lrs"])
+        lines.append("- **Partial**: " + ", ".join(
+            f"{NAMES[f]} ({n} of {total} runs stored)" if n else f"{NAMES[f]} (not run yet)" for f, n in missing.items())
+            + " not in the tables; rerunning the command resumes from the stored cells.")
     if edges := grid_edges(result):
         lines.append("- Best run at an end of the rate grid, which may then not bracket the family's best rate: "
                      + ", ".join(edges) + ".")
@@ -277,12 +292,18 @@ def markdown(result: dict[str, Any], quick: bool, seed: int, missing: tuple[str,
 
 
 def section(quick: bool, out_dir: Path, seed: int = 0, *, settings: MADSettings | None = None,
-            models: tuple[str, ...] | None = None, jobs: int = 1) -> Section:
+            models: tuple[str, ...] | None = None, jobs: int = 1, stored_only: bool = False) -> Section:
     """Run the MAD benchmark and return its section of docs/results.md (``models``: a subset of rows,
-    reusing the stored cells; ``settings``: tests)."""
+    reusing the stored cells; ``settings``: tests; ``stored_only``: train nothing and report the
+    families whose cells are all stored, with how far the others are)."""
     s = pick_settings(SETTINGS, quick, settings, models)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    full = settings or SETTINGS["quick" if quick else "full"]
+    stored = stored_runs(full, out_dir, seed)
+    if stored_only:
+        total = len(full.tasks) * len(full.lrs)
+        s = replace(s, models=tuple(f for f in s.models if stored[f] == total))
     result = run(s, out_dir, seed, jobs)
-    missing = () if settings else tuple(f for f in SETTINGS["quick" if quick else "full"].models if f not in s.models)
+    missing = {f: stored[f] for f in full.models if f not in s.models}
     return Section(KEY, "MAD synthetic tasks (NL-L Table 4)", markdown(result, quick, seed, missing), result)
