@@ -43,6 +43,7 @@ def test_the_strongest_baseline_decides_whether_the_section_ranks(baseline, hope
     assert ("Best model per setting" in body) is ranks and ("Hope against the best baseline" in body) is ranks
     if ranks:  # Hope is compared with the best model that is not Hope, even where Hope leads
         assert f"{100 * hope:.1f} vs {100 * baseline:.1f} % (Transformer++)" in body
+        assert "the same width, not the same parameter count" in body
 
 
 def test_tables_list_every_rate_and_the_cost_of_each_row():
