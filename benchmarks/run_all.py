@@ -4,7 +4,9 @@ Sections (``nestlearn.eval.suite.<key>.section(quick, out_dir, seed)``): formal-
 recognition (NL-L Table 5), MQAR, the MAD synthetic tasks (NL-L Table 4), S-NIAH-1/2/3, bAbI-style
 qa1–qa5 in haystacks, continual learning
 and the language-modelling comparison. A section whose module is not installed (or not written
-yet) is skipped with a message. Each section's run artefacts (JSON, plots) go to ``--out/<key>``;
+yet) is skipped with a message. Each section's run artefacts (finished cells, JSON, plots) go to ``--out/<key>``, by default
+``results/<key>``, where the finished cells are committed, so that the full tier resumes across
+working sessions and fresh clones (a ``--quick`` run defaults to ``runs/results/<UTC time>``);
 the plots its Markdown references are copied next to docs/results.md.
 
 docs/results.md is updated in place: a header block (command, date, hardware, torch, commit,
@@ -15,11 +17,11 @@ summary (its ``results-summary`` block) is then regenerated from the new docs/re
 
 Usage::
 
-    python benchmarks/run_all.py                      # the CPU tier (hours on two cores)
+    python benchmarks/run_all.py --jobs 2             # the CPU tier (hours on two cores), resuming from results/
     python benchmarks/run_all.py --quick              # smoke version, about ten minutes
     python benchmarks/run_all.py --only formal,mqar --seed 1
-    python benchmarks/run_all.py --only formal --jobs 2 --out runs/formal   # resumable: rerun to continue
-    python benchmarks/run_all.py --only formal --models deltanet,hope_formal --out results   # a subset of rows
+    python benchmarks/run_all.py --only formal --models deltanet,hope_formal   # a subset of rows
+    python benchmarks/run_all.py --only formal --out runs/formal   # cells elsewhere than results/
     python benchmarks/run_all.py --summary            # only regenerate the README summary from docs/results.md
 """
 
@@ -173,7 +175,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smoke version (about ten minutes on two cores)")
     parser.add_argument("--only", default="", help=f"comma-separated subset of {', '.join(SECTIONS)}")
-    parser.add_argument("--out", type=Path, default=None, help="run artefacts (default runs/results/<UTC time>)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="run artefacts and finished cells (default results/, the committed cells; with --quick "
+                             "runs/results/<UTC time>)")
     parser.add_argument("--seed", type=int, default=0, help="base seed of every section")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (per process)")
     parser.add_argument("--jobs", type=int, default=1,
@@ -213,7 +217,7 @@ def main(argv: list[str] | None = None, sections: dict[str, Callable] | None = N
         return 0
     torch.set_num_threads(args.threads)
     started = datetime.datetime.now(datetime.timezone.utc)
-    out = args.out or ROOT / "runs" / "results" / started.strftime("%Y%m%d-%H%M%S")
+    out = args.out or (ROOT / "runs" / "results" / started.strftime("%Y%m%d-%H%M%S") if args.quick else ROOT / "results")
     docs = args.results.parent
     docs.mkdir(parents=True, exist_ok=True)
     cmd = "python benchmarks/run_all.py" + "".join(" " + shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))

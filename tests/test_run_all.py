@@ -84,6 +84,23 @@ def test_a_failing_section_keeps_its_old_block_and_fails_the_run(run_all, tmp_pa
     assert code == 1 and "value 5" in results.read_text() and "failed: formal" in results.read_text()
 
 
+def test_the_full_tier_resumes_from_the_committed_cells_by_default(run_all, tmp_path):
+    """Without --out the full tier keeps its cells in results/ (committed, so a fresh clone resumes);
+    a --quick run goes to a fresh folder under runs/, never over the committed cells."""
+    outs = []
+
+    def record(quick, out_dir, seed=0):
+        outs.append(out_dir)
+        raise RuntimeError("recorded")  # nothing is written
+
+    results = tmp_path / "results.md"
+    results.write_text(DOC)
+    for quick in ([], ["--quick"]):
+        assert run_all.main(["--only", "formal", "--results", str(results), *quick], sections={"formal": record}) == 1
+    assert outs[0] == run_all.ROOT / "results" / "formal"
+    assert outs[1].parent.parent == run_all.ROOT / "runs" / "results"
+
+
 def test_unknown_section_is_refused(run_all):
     with pytest.raises(SystemExit):
         run_all.parse_args(["--only", "formal,nope"])

@@ -266,7 +266,7 @@ def markdown(result: dict[str, Any], quick: bool, seed: int, missing: dict[str, 
     s = result["settings"]
     steps = dict(s["steps"])
     epochs = {t: next(iter(result["runs"].values()))[t][f"{s['lrs'][0]:g}"]["epochs"] for t in s["tasks"]}
-    lines = [f"- Command: `{command(KEY, quick, seed)} --jobs 1 --out results` (cells under results/mad/cells)",
+    lines = [f"- Command: `{command(KEY, quick, seed)} --jobs 1` (cells under results/mad/cells)",
              f"- Seed {seed}; training and scoring time {result['train_seconds'] / 60:.1f} CPU-min over all runs.",
              ("- Protocol (tasks.md §8): MAD's baseline setting of each task (mad-lab task configs); "
               f"{s['n_layers']} block(s) (sequence mixer + MLP each), width {s['d_model']}; AdamW at lr "
