@@ -84,6 +84,9 @@ class Budget:
         step_periods: the CMS step periods for the optimizer signal (D16).
         selfmod_chunks: (chunk_size_memory, chunk_size_other) of the self-modifying memory (D4).
         threads: torch threads per row (one: at these widths a second thread costs more than it saves).
+        compile_chunks: train each row with the memories' chunk step compiled (``train.compile_chunks``;
+            about 1.35× faster for Hope, docs/performance.md). Results agree with eager training to
+            rounding, so it is not part of a cell's key and the rows say which way they were trained.
     """
 
     d_model: int
@@ -102,6 +105,7 @@ class Budget:
     selfmod_chunks: tuple[int, int] = (16, 64)
     threads: int = 1
     lrs: tuple[float, ...] = (3e-3,)
+    compile_chunks: bool = False
 
 
 QUICK = Budget(d_model=48, n_layers=2, seq_len=64, batch_size=4, steps=40, warmup_steps=5, lr=3e-3,
@@ -207,7 +211,7 @@ def _budget(budget: dict[str, Any]) -> Budget:
     return Budget(**{k: tuple(v) if k in tuples else v for k, v in budget.items()})
 
 
-def _run_config(row: dict[str, Any], b: Budget, run_dir: Path) -> Any:
+def _run_config(row: dict[str, Any], b: Budget, run_dir: Path, compile_chunks: bool = False) -> Any:
     from nestlearn.train.config import load_run_config
 
     return load_run_config(None, base={
@@ -215,7 +219,7 @@ def _run_config(row: dict[str, Any], b: Budget, run_dir: Path) -> Any:
         "optim": {"name": "adamw", "lr": row.get("lr") or b.lr, "weight_decay": 0.1, "betas": [0.9, 0.95]},
         "train": {"seed": row["seed"], "steps": b.steps, "batch_size": b.batch_size, "seq_len": b.seq_len,
                   "warmup_steps": b.warmup_steps, "threads": b.threads, "device": "cpu", "out_dir": str(run_dir),
-                  "eval_tokens": b.eval_tokens, "sample_tokens": 0}})
+                  "eval_tokens": b.eval_tokens, "sample_tokens": 0, "compile_chunks": compile_chunks}})
 
 
 def cell_digest(row: dict[str, Any], budget: dict[str, Any], out_dir: str, isolate: bool = True) -> str:
@@ -252,7 +256,7 @@ def train_row(row: dict[str, Any], budget: dict[str, Any], out_dir: str) -> dict
 
     b = _budget(budget)
     cpu0 = time.process_time()
-    cfg = _run_config(row, b, Path(out_dir) / Row(**row).name.replace("/", "-"))
+    cfg = _run_config(row, b, Path(out_dir) / Row(**row).name.replace("/", "-"), b.compile_chunks)
     trainer = Trainer(cfg, progress=False)
     losses = []
     diverged_at = None
@@ -278,7 +282,7 @@ def train_row(row: dict[str, Any], budget: dict[str, Any], out_dir: str) -> dict
             "switches": [[p, v] for p, v, _ in non_default_switches(cfg.to_dict())],
             "d_model": cfg.model.d_model, "recurrent": not model.config.bounded_context,
             "steps": len(losses), "nonfinite_steps": int(diverged_at is not None),
-            "cpu_min": (time.process_time() - cpu0) / 60}
+            "cpu_min": (time.process_time() - cpu0) / 60, "compiled": b.compile_chunks}
 
 
 def train_cell(row: dict[str, Any], budget: dict[str, Any], out_dir: str, isolate: bool = True) -> dict[str, Any]:
@@ -454,6 +458,13 @@ def markdown(summary: dict[str, Any], budget: Budget, command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def cell_settings(budget: Budget) -> dict[str, Any]:
+    """The budget's fields that key every cell: not the seeds and rates (each cell names its own), nor
+    whether the chunk step was compiled (the results agree to rounding)."""
+    return {k: v for k, v in asdict(budget).items()
+            if k not in ("seeds", "signal_seeds", "ablation_seeds", "lrs", "compile_chunks")}
+
+
 def run(budget: Budget, out_dir: Path, tables: tuple[str, ...] = TABLES,
         isolate: bool = True, stored_only: bool = False, jobs: int = 1) -> list[dict[str, Any]]:
     """Train and score every planned row of ``tables``; each row in a fresh process if ``isolate``,
@@ -463,7 +474,7 @@ def run(budget: Budget, out_dir: Path, tables: tuple[str, ...] = TABLES,
     row's behaviour digest (:func:`cell_digest`): an interrupted run resumes, and a code change
     retrains only the rows whose first steps it changes.
     """
-    settings = {k: v for k, v in asdict(budget).items() if k not in ("seeds", "signal_seeds", "ablation_seeds", "lrs")}
+    settings = cell_settings(budget)
 
     def train(rows: list[Row]) -> list[dict[str, Any]]:
         cells = {r.name: (asdict(r), asdict(budget), str(out_dir / "runs"), isolate) for r in rows}
@@ -480,11 +491,12 @@ def run(budget: Budget, out_dir: Path, tables: tuple[str, ...] = TABLES,
 
 
 def section(quick: bool, out_dir: Path, seed: int = 0, tables: tuple[str, ...] | None = None,
-            stored_only: bool = False, jobs: int = 1) -> Section:
+            stored_only: bool = False, jobs: int = 1, compile_chunks: bool = False) -> Section:
     """The ``lm`` section of docs/results.md (issue 4's quality benchmark; D13's signal ablation);
     ``tables`` runs and reports a subset of models, ablations, signals (rows already scored are kept);
-    ``stored_only`` reports the rows stored so far without training the others; ``jobs`` rows train at once."""
-    budget = QUICK if quick else FULL
+    ``stored_only`` reports the rows stored so far without training the others; ``jobs`` rows train at
+    once; ``compile_chunks``: the rows trained now use the compiled chunk step (:class:`Budget`)."""
+    budget = replace(QUICK if quick else FULL, compile_chunks=compile_chunks)
     if seed:
         budget = replace(budget, seeds=tuple(s + seed for s in budget.seeds),
                          signal_seeds=tuple(s + seed for s in budget.signal_seeds),
@@ -494,6 +506,9 @@ def section(quick: bool, out_dir: Path, seed: int = 0, tables: tuple[str, ...] |
     summary = summarise(results)
     command = "python benchmarks/run_all.py --only lm" + (" --quick" if quick else "")
     text = markdown(summary, budget, command)
+    if compiled := sum(bool(r["result"].get("compiled")) for r in results):
+        text += (f"\n{compiled} of the {len(results)} runs trained with the memories' chunk step compiled "
+                 "(`train.compile_chunks`), which agrees with eager training to rounding.\n")
     if stored_only:
         text = (f"**Partial**: the {len(results)} runs stored so far; the same command without `--stored-only` "
                 "trains the rest (each family's three grid rates on the first seed, then its other seeds).\n\n" + text)
