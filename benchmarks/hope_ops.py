@@ -9,7 +9,7 @@ generating memories (``write_group``), its output memory (``main_memory``), the 
 and the CMS chain, with the number of chunk calls of each memory.
 
 ``--compile chunks`` (or ``model``) also times a whole training step (forward, backward, AdamW) eager
-and with the memories' chunk step under ``torch.compile`` (:func:`nestlearn.memory.compile_chunk_step`;
+and with the memories' chunk steps under ``torch.compile`` (:func:`nestlearn.memory.compile_chunk_step`;
 or the whole model compiled), interleaved, medians of ``--repeats``, after the first compiled step
 (whose time, mostly compilation, is reported apart). Losses must be finite.
 
@@ -74,7 +74,7 @@ def count_block(model: CausalLM, batch: int, seq: int) -> dict[str, int]:
     block = model.blocks[0]
     counter = OpCounter()
     chunks: collections.Counter[str] = collections.Counter()
-    chunk = ops._step["chunk"]
+    chunk = ops._chunk
 
     def counted_chunk(spec, *args, **kwargs):
         chunks[f"memory chunk calls (C = {spec.chunk_size})"] += 1
@@ -86,7 +86,7 @@ def count_block(model: CausalLM, batch: int, seq: int) -> dict[str, int]:
     saved = {key: getattr(*key) for key in patched}
     x = torch.randn(batch, seq, model.config.d_model, requires_grad=True)
     try:
-        ops._step["chunk"] = counted_chunk
+        ops._chunk = counted_chunk
         for (owner, name), part in patched.items():
             setattr(owner, name, labelled(counter, part, saved[(owner, name)]))
         with counter:
@@ -95,7 +95,7 @@ def count_block(model: CausalLM, batch: int, seq: int) -> dict[str, int]:
             counter.part = "backward"
             y.sum().backward()
     finally:
-        ops._step["chunk"] = chunk
+        ops._chunk = chunk
         for key, fn in saved.items():
             setattr(*key, fn)
     check_finite("block gradients", x.grad)

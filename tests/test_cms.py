@@ -286,3 +286,29 @@ def test_a_kv_level_is_the_memory_primitive_with_a_boundary_read(pos):
     for j in ("1", "2"):
         torch.testing.assert_close(new[f"0.W{j}"], mem[f"W{j}_b"], rtol=0, atol=1e-12)
         torch.testing.assert_close(new[f"0.W{j}"] - new[f"0.G{j}"], mem[f"W{j}"], rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_compiled_chunk_terms_equal_the_eager_ones(form):
+    """``compile_chunk_step`` also compiles the levels' chunk terms: the same outputs, states and
+    gradients (aot_eager traces as inductor does, without needing a C++ compiler)."""
+    from nestlearn.memory import compile_chunk_step
+
+    cms = make(form=form, step=("bounded", 0.5))
+    x = torch.randn(2, 15, D, dtype=torch.float64, requires_grad=True)
+    params = [x, *cms.parameters()]
+    runs = []
+    try:
+        for backend in (None, "aot_eager"):
+            compile_chunk_step(backend)
+            y, s = cms(x, cms.init_state(2, dtype=torch.float64), 3)
+            loss = y.pow(2).sum() + sum(t.pow(2).sum() for t in s.values())
+            runs.append((y, s, torch.autograd.grad(loss, params)))
+    finally:
+        compile_chunk_step(None)
+    (y, s, g), (y_c, s_c, g_c) = runs
+    torch.testing.assert_close(y_c, y, rtol=1e-12, atol=1e-12)
+    for key in s:
+        torch.testing.assert_close(s_c[key], s[key], rtol=1e-12, atol=1e-12, msg=key)
+    for a, b in zip(g_c, g):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)

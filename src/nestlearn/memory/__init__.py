@@ -2,7 +2,7 @@
 
 * :class:`MemorySpec`: parameterisation × objective × inner rule × momentum × chunking × read.
 * :func:`memory_scan`: chunk-parallel fast path (closed-form inner gradients, scans, triangular solve);
-  :func:`compile_chunk_step` runs its chunk step under ``torch.compile``.
+  :func:`compile_chunk_step` runs the memories' chunk steps under ``torch.compile`` (:func:`compiled`).
 * :func:`memory_scan_reference`: token-by-token oracle (autograd inner gradients, literal updates);
   :func:`inner_gradients`: the autograd inner gradient every reference (memory, self-modifying, CMS) uses.
 * :func:`memory_apply`, :func:`boundary_factors`, :func:`init_memory_state`: building blocks;
@@ -12,7 +12,7 @@
 from nestlearn.memory.chunks import chunk_bounds, split_chunks
 from nestlearn.memory.gates import logit
 from nestlearn.memory.gradients import activation, activation_grad, boundary_factors, memory_apply
-from nestlearn.memory.ops import compile_chunk_step, init_memory_state, memory_scan, segment_products, weight_step
+from nestlearn.memory.ops import compile_chunk_step, compiled, init_memory_state, memory_scan, segment_products, weight_step
 from nestlearn.memory.reference import inner_gradients, inner_loss, memory_scan_reference
 from nestlearn.memory.spec import MemorySpec
 
@@ -23,6 +23,7 @@ __all__ = [
     "boundary_factors",
     "chunk_bounds",
     "compile_chunk_step",
+    "compiled",
     "init_memory_state",
     "inner_gradients",
     "inner_loss",

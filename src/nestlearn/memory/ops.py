@@ -314,26 +314,35 @@ def _chunk(spec: MemorySpec, cur: State, mom: State, grad_at: State, q: Tensor, 
     return (q + out if spec.residual else out), new_w, new_m
 
 
-_compiled: dict[str, object] = {}
-_step = {"chunk": _chunk}  # what memory_scan runs per chunk: _chunk, or its torch.compile'd version
+_backend: dict[str, str | None] = {"name": None}
+_compiled: dict[tuple, object] = {}
 
 
 def compile_chunk_step(backend: str | None = "inductor") -> None:
-    """Run :func:`memory_scan`'s chunk step under ``torch.compile`` in this process (None: eagerly again).
+    """Run the memories' chunk steps under ``torch.compile`` in this process (None: eagerly again):
+    :func:`memory_scan`'s (Titans, the delta-rule families, the self-modifying memories) and the CMS
+    levels' (:func:`nestlearn.layers.cms.chunk.chunk_terms`).
 
     At the widths of the evidence suite a chunk is some 300 small operations forward and twice that
     backward, so its time is per-operation overhead (docs/performance.md); compiling the chunk step
     alone fuses its element-wise work, forward and backward, while the chunk loop and the layers
     around it stay eager. Each chunk shape and memory spec is compiled once, on first use (minutes
     on CPU, with a C++ compiler for ``"inductor"``); a run then pays off only if it is long. Results
-    agree with the eager step to rounding (tests/test_memory.py). ``train.compile_chunks`` sets it.
+    agree with the eager step to rounding (tests/test_memory.py, tests/test_cms.py).
+    ``train.compile_chunks`` sets it.
     """
+    _backend["name"] = backend
+
+
+def compiled(fn):
+    """``fn``, or its ``torch.compile``'d version while :func:`compile_chunk_step` is on (one wrapper per
+    function and backend, so that its compiled graphs are reused)."""
+    backend = _backend["name"]
     if backend is None:
-        _step["chunk"] = _chunk
-        return
-    if backend not in _compiled:  # one wrapper per backend, so that its compiled graphs are reused
-        _compiled[backend] = torch.compile(_chunk, dynamic=False, backend=backend)
-    _step["chunk"] = _compiled[backend]
+        return fn
+    if (fn, backend) not in _compiled:
+        _compiled[fn, backend] = torch.compile(fn, dynamic=False, backend=backend)
+    return _compiled[fn, backend]
 
 
 def _check_inputs(spec: MemorySpec, state: State, eta: Tensor, alpha: Tensor | None, beta: Tensor | None,
@@ -429,7 +438,7 @@ def memory_scan(spec: MemorySpec, state: State, q: Tensor, k: Tensor, v: Tensor,
             break
         if (pos + start) % spec.chunk_size == 0:
             grad_at = dict(cur)
-        out, cur, mom = _step["chunk"](spec, cur, mom, grad_at, *(x[i] for x in pieces),
+        out, cur, mom = compiled(_chunk)(spec, cur, mom, grad_at, *(x[i] for x in pieces),
                                *(None if g is None else g[i] for g in gates), anchor=anchor, stop_shift=shift,
                                outputs=outputs, self_values=self_values, end_state=final_state or not last)
         outs.append(out)

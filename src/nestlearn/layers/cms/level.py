@@ -11,7 +11,7 @@ from torch import nn
 from nestlearn.layers.cms.chunk import ChunkTerms, State, Tensor, apply_linear, chunk_terms, swiglu_apply
 from nestlearn.layers.cms.config import CMSConfig
 from nestlearn.layers.norm import RMSNorm
-from nestlearn.memory import MemorySpec, activation, logit
+from nestlearn.memory import MemorySpec, activation, compiled, logit
 from nestlearn.optim.periodic import STEP_PERIOD_ATTR
 
 
@@ -109,8 +109,8 @@ class CMSLevel(nn.Module):
     def terms(self, weights: State, x_norm: Tensor, key: Tensor, target: Tensor, eta: Tensor,
               read: bool = True, write: bool = True) -> ChunkTerms:
         """:func:`chunk_terms` with this level's form, activation, objective and steps (packed weights)."""
-        return chunk_terms(self.form, self.spec.activation, self.spec.objective, weights, x_norm, key, target, eta,
-                           read, write, self.step)
+        return compiled(chunk_terms)(self.form, self.spec.activation, self.spec.objective, weights, x_norm, key,
+                                     target, eta, read, write, self.step)
 
     @property
     def step(self) -> MemorySpec | None:
