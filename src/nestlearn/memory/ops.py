@@ -439,8 +439,9 @@ def memory_scan(spec: MemorySpec, state: State, q: Tensor, k: Tensor, v: Tensor,
         if (pos + start) % spec.chunk_size == 0:
             grad_at = dict(cur)
         out, cur, mom = compiled(_chunk)(spec, cur, mom, grad_at, *(x[i] for x in pieces),
-                               *(None if g is None else g[i] for g in gates), anchor=anchor, stop_shift=shift,
-                               outputs=outputs, self_values=self_values, end_state=final_state or not last)
+                                         *(None if g is None else g[i] for g in gates), anchor=anchor,
+                                         stop_shift=shift, outputs=outputs, self_values=self_values,
+                                         end_state=final_state or not last)
         outs.append(out)
         if watch is not None:
             watch.observe(tag, pos + start, cur, out, end - start)
