@@ -46,6 +46,7 @@ import torch
 
 from markers import block, body, replace_block, span, write_block
 
+from nestlearn.memory import compile_chunk_step
 from nestlearn.provenance import git_commit
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -192,8 +193,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="train nothing: report the cells stored so far (for the sections that take it: lm, mad)")
     parser.add_argument("--models", default="", help="comma-separated rows, for the sections that take them (formal, mad)")
     parser.add_argument("--compile-chunks", action="store_true",
-                        help="train with the memories' chunk step compiled (train.compile_chunks; minutes to compile "
-                             "per process, about 1.35x faster Hope rows; for the sections that take it: lm)")
+                        help="train with the memories' chunk steps compiled (nestlearn.memory.compile_chunk_step, "
+                             "in this process and every worker; minutes to compile per process, then Hope trains "
+                             "about 1.46x faster; results agree with eager training to rounding)")
     parser.add_argument("--tables", default="", help="comma-separated tables, for the sections that take them "
                         "(lm: models, ablations, signals)")
     args = parser.parse_args(argv)
@@ -219,6 +221,8 @@ def main(argv: list[str] | None = None, sections: dict[str, Callable] | None = N
         write_summary(args)
         return 0
     torch.set_num_threads(args.threads)
+    if args.compile_chunks:
+        compile_chunk_step()
     started = datetime.datetime.now(datetime.timezone.utc)
     out = args.out or (ROOT / "runs" / "results" / started.strftime("%Y%m%d-%H%M%S") if args.quick else ROOT / "results")
     docs = args.results.parent
@@ -238,8 +242,6 @@ def main(argv: list[str] | None = None, sections: dict[str, Callable] | None = N
             extra = {"jobs": args.jobs} if "jobs" in params else {}
             if args.stored_only and "stored_only" in params:
                 extra["stored_only"] = True
-            if args.compile_chunks and "compile_chunks" in params:
-                extra["compile_chunks"] = True
             for name in ("models", "tables"):
                 value = getattr(args, name)
                 if value and name in params:

@@ -222,3 +222,17 @@ def test_negative_eigenvalues_let_deltanet_learn_parity():
     signed = formal.run_cell("parity", s, 0, "deltanet_signed")
     assert signed["bin0"] == 1.0 and signed["bin1"] >= 0.5, signed
     assert positive["bin0"] < 0.9 and positive["bin1"] < 0.1, positive
+
+
+def test_workers_inherit_the_chunk_compilation(tmp_path):
+    """``--compile-chunks`` sets the compiled chunk steps in run_all's process; every spawned cell
+    worker (formal, mqar, mad, and the lm rows) takes the setting over with the thread count."""
+    from nestlearn.eval.suite.common import run_cells
+    from nestlearn.memory import chunk_compile_backend, compile_chunk_step
+
+    try:
+        compile_chunk_step("aot_eager")
+        done = run_cells(chunk_compile_backend, {"a": (), "b": ()}, {}, tmp_path, jobs=2)
+    finally:
+        compile_chunk_step(None)
+    assert done == {"a": "aot_eager", "b": "aot_eager"}

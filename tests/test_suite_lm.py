@@ -1,6 +1,6 @@
 """The language-modelling section of the evidence suite: width matching, D13's decision rule, a micro run."""
 
-from dataclasses import asdict, replace
+from dataclasses import replace
 
 from nestlearn.eval.suite.lm import (
     FULL,
@@ -173,13 +173,3 @@ def test_peak_memory_is_the_process_own_and_an_unmeasured_peak_prints_a_dash():
     signals = {**row, "table": "signals", "key": "kv"}
     text = markdown(summarise([row, signals]), QUICK, "cmd")
     assert "| kv | defaults | 0 | 2.0000 ± 0.0000 | 2.000 | 1 | — |" in text
-
-
-def test_compiled_rows_train_compiled_and_share_the_eager_cells(tmp_path):
-    from nestlearn.eval.suite.lm import _run_config, cell_settings
-
-    compiled = replace(FULL, compile_chunks=True)
-    assert cell_settings(compiled) == cell_settings(FULL)
-    row = asdict(plan(FULL)[0])
-    assert _run_config(row, compiled, tmp_path, compiled.compile_chunks).train.compile_chunks
-    assert not _run_config(row, FULL, tmp_path).train.compile_chunks  # the digest's two steps stay eager

@@ -12,7 +12,7 @@
 from nestlearn.memory.chunks import chunk_bounds, split_chunks
 from nestlearn.memory.gates import logit
 from nestlearn.memory.gradients import activation, activation_grad, boundary_factors, memory_apply
-from nestlearn.memory.ops import compile_chunk_step, compiled, init_memory_state, memory_scan, segment_products, weight_step
+from nestlearn.memory.ops import chunk_compile_backend, compile_chunk_step, compiled, init_memory_state, memory_scan, segment_products, weight_step
 from nestlearn.memory.reference import inner_gradients, inner_loss, memory_scan_reference
 from nestlearn.memory.spec import MemorySpec
 
@@ -22,6 +22,7 @@ __all__ = [
     "activation_grad",
     "boundary_factors",
     "chunk_bounds",
+    "chunk_compile_backend",
     "compile_chunk_step",
     "compiled",
     "init_memory_state",

@@ -334,6 +334,12 @@ def compile_chunk_step(backend: str | None = "inductor") -> None:
     _backend["name"] = backend
 
 
+def chunk_compile_backend() -> str | None:
+    """The backend :func:`compile_chunk_step` set in this process, or None (eager); a process that
+    spawns workers passes it on (:func:`nestlearn.eval.suite.common.worker_setup`)."""
+    return _backend["name"]
+
+
 def compiled(fn):
     """``fn``, or its ``torch.compile``'d version while :func:`compile_chunk_step` is on (one wrapper per
     function and backend, so that its compiled graphs are reused)."""

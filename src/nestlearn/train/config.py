@@ -44,10 +44,10 @@ class TrainConfig:
             global batch is batch_size × grad_accum × number of processes
             (:mod:`nestlearn.train.distributed`).
         compile: ``torch.compile`` the training forward and backward (validation and sampling stay eager).
-        compile_chunks: ``torch.compile`` only the memories' chunk step
-            (:func:`nestlearn.memory.compile_chunk_step`: Titans, the delta-rule families and Hope's
-            self-modifying memories), for training and validation alike. Its compilation takes minutes
-            on CPU, so it pays off in long runs only (docs/performance.md).
+        compile_chunks: ``torch.compile`` only the memories' chunk steps
+            (:func:`nestlearn.memory.compile_chunk_step`: Titans, the delta-rule families, Hope's
+            self-modifying memories and CMS levels), for training and validation alike. Compiling
+            takes minutes on CPU, so it pays off in long runs only (docs/performance.md).
         activation_checkpointing: recompute each block's activations in the backward pass instead
             of storing them (less memory for long sequences, about one more forward of compute).
         tensorboard: also write the logged scalars as TensorBoard events to ``out_dir/tensorboard``

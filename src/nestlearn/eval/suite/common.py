@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from nestlearn.config import from_dict
 from nestlearn.data.synthetic.base import TaskBatch
 from nestlearn.eval.tasks import fit_task, task_loss, task_model
+from nestlearn.memory import chunk_compile_backend, compile_chunk_step
 from nestlearn.models.lm import CausalLM, LMConfig, families
 
 NAMES = {"lstm": "LSTM", "transformer": "Transformer++", "titans": "Titans", "deltanet": "DeltaNet",
@@ -183,6 +184,18 @@ def _cached(path: Path, settings: dict[str, Any], ignore: tuple[str, ...],
     return stored["result"] if key(stored.get("settings")) == key(settings) else None
 
 
+def worker_setup(threads: int, backend: str | None) -> None:
+    """A spawned worker's settings, passed on from the process that starts it: its torch threads and
+    whether the memories' chunk steps are compiled (:func:`nestlearn.memory.compile_chunk_step`)."""
+    torch.set_num_threads(threads)
+    compile_chunk_step(backend)
+
+
+def worker_settings() -> tuple[int, str | None]:
+    """This process's arguments for :func:`worker_setup`."""
+    return torch.get_num_threads(), chunk_compile_backend()
+
+
 def run_cells(fn: Callable[..., dict[str, Any]], cells: dict[str, tuple], settings: dict[str, Any],
               cache_dir: Path, jobs: int = 1, desc: str = "cells",
               ignore: tuple[str, ...] = (),
@@ -197,7 +210,8 @@ def run_cells(fn: Callable[..., dict[str, Any]], cells: dict[str, tuple], settin
     change that alters a result reruns that cell; without it the key is the settings alone and a
     changed model needs its cells deleted by hand. ``stored_only`` trains nothing: the result holds
     only the cells already stored (to report a run that is still going). With ``jobs > 1``
-    the cells run in that many spawned processes with the caller's torch thread count; every cell
+    the cells run in that many spawned processes with the caller's torch thread count and chunk
+    compilation (:func:`worker_setup`); every cell
     seeds its own model, so the results do not depend on ``jobs``. ``fn`` must be importable
     (module level) for the processes to find it.
     """
@@ -221,8 +235,8 @@ def run_cells(fn: Callable[..., dict[str, Any]], cells: dict[str, tuple], settin
             store(name, fn(*cells[name]))
     elif todo:
         ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(min(jobs, len(todo)), mp_context=ctx, initializer=torch.set_num_threads,
-                                 initargs=(torch.get_num_threads(),)) as pool:
+        with ProcessPoolExecutor(min(jobs, len(todo)), mp_context=ctx, initializer=worker_setup,
+                                 initargs=worker_settings()) as pool:
             futures = {pool.submit(fn, *cells[name]): name for name in todo}
             for future in as_completed(futures):
                 store(futures[future], future.result())

@@ -35,7 +35,8 @@ from typing import Any
 import torch
 
 from nestlearn.eval.suite import Section
-from nestlearn.eval.suite.common import run_cells
+from nestlearn.eval.suite.common import run_cells, worker_settings, worker_setup
+from nestlearn.memory import chunk_compile_backend
 from nestlearn.models.lm import match_parameters
 
 SIGNALS = ("kv", "lss", "optimizer")
@@ -84,9 +85,6 @@ class Budget:
         step_periods: the CMS step periods for the optimizer signal (D16).
         selfmod_chunks: (chunk_size_memory, chunk_size_other) of the self-modifying memory (D4).
         threads: torch threads per row (one: at these widths a second thread costs more than it saves).
-        compile_chunks: train each row with the memories' chunk step compiled (``train.compile_chunks``;
-            about 1.35× faster for Hope, docs/performance.md). Results agree with eager training to
-            rounding, so it is not part of a cell's key and the rows say which way they were trained.
     """
 
     d_model: int
@@ -105,7 +103,6 @@ class Budget:
     selfmod_chunks: tuple[int, int] = (16, 64)
     threads: int = 1
     lrs: tuple[float, ...] = (3e-3,)
-    compile_chunks: bool = False
 
 
 QUICK = Budget(d_model=48, n_layers=2, seq_len=64, batch_size=4, steps=40, warmup_steps=5, lr=3e-3,
@@ -211,7 +208,7 @@ def _budget(budget: dict[str, Any]) -> Budget:
     return Budget(**{k: tuple(v) if k in tuples else v for k, v in budget.items()})
 
 
-def _run_config(row: dict[str, Any], b: Budget, run_dir: Path, compile_chunks: bool = False) -> Any:
+def _run_config(row: dict[str, Any], b: Budget, run_dir: Path) -> Any:
     from nestlearn.train.config import load_run_config
 
     return load_run_config(None, base={
@@ -219,7 +216,7 @@ def _run_config(row: dict[str, Any], b: Budget, run_dir: Path, compile_chunks: b
         "optim": {"name": "adamw", "lr": row.get("lr") or b.lr, "weight_decay": 0.1, "betas": [0.9, 0.95]},
         "train": {"seed": row["seed"], "steps": b.steps, "batch_size": b.batch_size, "seq_len": b.seq_len,
                   "warmup_steps": b.warmup_steps, "threads": b.threads, "device": "cpu", "out_dir": str(run_dir),
-                  "eval_tokens": b.eval_tokens, "sample_tokens": 0, "compile_chunks": compile_chunks}})
+                  "eval_tokens": b.eval_tokens, "sample_tokens": 0}})
 
 
 def cell_digest(row: dict[str, Any], budget: dict[str, Any], out_dir: str, isolate: bool = True) -> str:
@@ -256,7 +253,7 @@ def train_row(row: dict[str, Any], budget: dict[str, Any], out_dir: str) -> dict
 
     b = _budget(budget)
     cpu0 = time.process_time()
-    cfg = _run_config(row, b, Path(out_dir) / Row(**row).name.replace("/", "-"), b.compile_chunks)
+    cfg = _run_config(row, b, Path(out_dir) / Row(**row).name.replace("/", "-"))
     trainer = Trainer(cfg, progress=False)
     losses = []
     diverged_at = None
@@ -282,15 +279,18 @@ def train_row(row: dict[str, Any], budget: dict[str, Any], out_dir: str) -> dict
             "switches": [[p, v] for p, v, _ in non_default_switches(cfg.to_dict())],
             "d_model": cfg.model.d_model, "recurrent": not model.config.bounded_context,
             "steps": len(losses), "nonfinite_steps": int(diverged_at is not None),
-            "cpu_min": (time.process_time() - cpu0) / 60, "compiled": b.compile_chunks}
+            "cpu_min": (time.process_time() - cpu0) / 60,
+            "compiled": chunk_compile_backend() is not None}
 
 
 def train_cell(row: dict[str, Any], budget: dict[str, Any], out_dir: str, isolate: bool = True) -> dict[str, Any]:
-    """:func:`train_row`, in a fresh spawned process when ``isolate`` (so its peak memory is its own)."""
+    """:func:`train_row`, in a fresh spawned process when ``isolate`` (so its peak memory is its own),
+    with this process's chunk compilation (``run_all.py --compile-chunks``)."""
     if not isolate:
         return train_row(row, budget, out_dir)
     ctx = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
+    with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=ctx, initializer=worker_setup,
+                                                initargs=worker_settings()) as pool:
         return pool.submit(train_row, row, budget, out_dir).result()
 
 
@@ -459,10 +459,8 @@ def markdown(summary: dict[str, Any], budget: Budget, command: str) -> str:
 
 
 def cell_settings(budget: Budget) -> dict[str, Any]:
-    """The budget's fields that key every cell: not the seeds and rates (each cell names its own), nor
-    whether the chunk step was compiled (the results agree to rounding)."""
-    return {k: v for k, v in asdict(budget).items()
-            if k not in ("seeds", "signal_seeds", "ablation_seeds", "lrs", "compile_chunks")}
+    """The budget's fields that key every cell: not the seeds and rates, which each cell names itself."""
+    return {k: v for k, v in asdict(budget).items() if k not in ("seeds", "signal_seeds", "ablation_seeds", "lrs")}
 
 
 def run(budget: Budget, out_dir: Path, tables: tuple[str, ...] = TABLES,
@@ -491,12 +489,12 @@ def run(budget: Budget, out_dir: Path, tables: tuple[str, ...] = TABLES,
 
 
 def section(quick: bool, out_dir: Path, seed: int = 0, tables: tuple[str, ...] | None = None,
-            stored_only: bool = False, jobs: int = 1, compile_chunks: bool = False) -> Section:
+            stored_only: bool = False, jobs: int = 1) -> Section:
     """The ``lm`` section of docs/results.md (issue 4's quality benchmark; D13's signal ablation);
     ``tables`` runs and reports a subset of models, ablations, signals (rows already scored are kept);
     ``stored_only`` reports the rows stored so far without training the others; ``jobs`` rows train at
-    once; ``compile_chunks``: the rows trained now use the compiled chunk step (:class:`Budget`)."""
-    budget = replace(QUICK if quick else FULL, compile_chunks=compile_chunks)
+    once."""
+    budget = QUICK if quick else FULL
     if seed:
         budget = replace(budget, seeds=tuple(s + seed for s in budget.seeds),
                          signal_seeds=tuple(s + seed for s in budget.signal_seeds),
@@ -507,8 +505,8 @@ def section(quick: bool, out_dir: Path, seed: int = 0, tables: tuple[str, ...] |
     command = "python benchmarks/run_all.py --only lm" + (" --quick" if quick else "")
     text = markdown(summary, budget, command)
     if compiled := sum(bool(r["result"].get("compiled")) for r in results):
-        text += (f"\n{compiled} of the {len(results)} runs trained with the memories' chunk step compiled "
-                 "(`train.compile_chunks`), which agrees with eager training to rounding.\n")
+        text += (f"\n{compiled} of the {len(results)} runs trained with the memories' chunk steps compiled "
+                 "(`run_all.py --compile-chunks`), which agrees with eager training to rounding.\n")
     if stored_only:
         text = (f"**Partial**: the {len(results)} runs stored so far; the same command without `--stored-only` "
                 "trains the rest (each family's three grid rates on the first seed, then its other seeds).\n\n" + text)
