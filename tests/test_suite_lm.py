@@ -143,6 +143,10 @@ def test_the_models_table_tunes_each_family_on_the_grid_and_reports_its_best_rat
     assert summary["nonfinite_steps"] == 1 and summary["cpu_min"] == 5.0
     text = markdown({"models": {"hope": summary}}, FULL, "cmd")
     assert "| hope | 8 | 32 | 5 | 0.003 | 3 | 2.100 ± 0.100 |" in text and "2.300 / 2.100 / —" in text
+    assert "end of the grid" not in text
+    edge = summarise([result("titans", 1e-3, 2.3), result("titans", 3e-3, 2.1), result("titans", 6e-3, 2.0)])
+    assert "Best rate at an end of the grid, which then may not bracket the family's best: titans (0.006)" in \
+        markdown(edge, FULL, "cmd")
 
 
 def test_stored_only_reports_the_finished_rows_and_trains_nothing(tmp_path, monkeypatch):

@@ -427,6 +427,11 @@ def markdown(summary: dict[str, Any], budget: Budget, command: str) -> str:
         lines.append("The learning rate of each family is the grid rate with the lowest first-seed bpb; its other "
                      "seeds train at that rate. The ablation and CMS-signal rows train at "
                      f"lr {b.lr:g}.")
+        edges = [f"{s['label']} ({s['lr']:g})" for s in models.values()
+                 if len(b.lrs) > 1 and s["lr"] in (min(b.lrs), max(b.lrs)) and len(s["grid"]) == len(b.lrs)]
+        if edges:
+            lines.append("Best rate at an end of the grid, which then may not bracket the family's best: "
+                         + ", ".join(edges) + ".")
         lines.append("")
     ablations = summary.get("ablations", {})
     hope = models.get("hope")
