@@ -144,6 +144,9 @@ def test_the_models_table_tunes_each_family_on_the_grid_and_reports_its_best_rat
     text = markdown({"models": {"hope": summary}}, FULL, "cmd")
     assert "| hope | 8 | 32 | 5 | 0.003 | 3 | 2.100 ± 0.100 |" in text and "2.300 / 2.100 / —" in text
     assert "end of the grid" not in text
+    # The rate is chosen on the first seed alone: a worse later seed at the chosen rate does not move it.
+    later = [result("hope", 3e-3, 2.4, seed=1), result("hope", 3e-3, 2.4, seed=2)]
+    assert best_rates(grid + later) == {"hope": 3e-3} and summarise(grid + later)["models"]["hope"]["lr"] == 3e-3
     edge = summarise([result("titans", 1e-3, 2.3), result("titans", 3e-3, 2.1), result("titans", 6e-3, 2.0)])
     assert "Best rate at an end of the grid, which then may not bracket the family's best: titans (0.006)" in \
         markdown(edge, FULL, "cmd")

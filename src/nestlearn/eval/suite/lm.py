@@ -194,9 +194,11 @@ def plan(budget: Budget, best: dict[str, float] | None = None) -> list[Row]:
 def best_rates(results: list[dict[str, Any]]) -> dict[str, float]:
     """family -> the grid rate whose first-seed run scored the lowest validation bpb, among the grid
     runs in ``results`` (a diverged run counts as worst)."""
+    runs = [r for r in results if r["table"] == "models" and r["lr"] is not None]
+    first = {r["key"]: min(q["seed"] for q in runs if q["key"] == r["key"]) for r in runs}
     grid: dict[str, dict[float, float]] = {}
-    for r in results:
-        if r["table"] == "models" and r["lr"] is not None:
+    for r in runs:
+        if r["seed"] == first[r["key"]]:  # the other seeds ran at one rate only, after the choice
             bpb = r["result"]["bpb"]
             grid.setdefault(r["key"], {})[r["lr"]] = math.inf if bpb is None else bpb
     return {family: min(scores, key=scores.get) for family, scores in grid.items()}
@@ -391,7 +393,8 @@ def summarise(results: list[dict[str, Any]]) -> dict[str, Any]:
             "switches": _switches(rows), "steps": min(r["result"]["steps"] for r in every),
             "nonfinite_steps": sum(r["result"]["nonfinite_steps"] for r in every),
             "cpu_min": sum(r["result"]["cpu_min"] for r in every), "lr": best.get(key),
-            "grid": {r["lr"]: r["result"]["bpb"] for r in every if r["lr"] is not None and r["seed"] == every[0]["seed"]}}
+            "grid": {r["lr"]: r["result"]["bpb"] for r in every
+                     if r["lr"] is not None and r["seed"] == min(q["seed"] for q in every)}}
     return out
 
 
