@@ -376,6 +376,7 @@ def summarise(results: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for (table, key), every in groups.items():
         rows = [r for r in every if r["lr"] is None or r["lr"] == best[key]]
+        first = min(r["seed"] for r in every)
         scores = [r["result"]["bpb"] for r in rows]
         bpb = _mean_std(scores) if None not in scores else (None, None)
         carried = [r["result"]["bpb_carried"] for r in rows]
@@ -393,8 +394,7 @@ def summarise(results: list[dict[str, Any]]) -> dict[str, Any]:
             "switches": _switches(rows), "steps": min(r["result"]["steps"] for r in every),
             "nonfinite_steps": sum(r["result"]["nonfinite_steps"] for r in every),
             "cpu_min": sum(r["result"]["cpu_min"] for r in every), "lr": best.get(key),
-            "grid": {r["lr"]: r["result"]["bpb"] for r in every
-                     if r["lr"] is not None and r["seed"] == min(q["seed"] for q in every)}}
+            "grid": {r["lr"]: r["result"]["bpb"] for r in every if r["lr"] is not None and r["seed"] == first}}
     return out
 
 
@@ -466,11 +466,6 @@ def markdown(summary: dict[str, Any], budget: Budget, command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def cell_settings(budget: Budget) -> dict[str, Any]:
-    """The budget's fields that key every cell: not the seeds and rates, which each cell names itself."""
-    return {k: v for k, v in asdict(budget).items() if k not in ("seeds", "signal_seeds", "ablation_seeds", "lrs")}
-
-
 def run(budget: Budget, out_dir: Path, tables: tuple[str, ...] = TABLES,
         isolate: bool = True, stored_only: bool = False, jobs: int = 1) -> list[dict[str, Any]]:
     """Train and score every planned row of ``tables``; each row in a fresh process if ``isolate``,
@@ -480,7 +475,7 @@ def run(budget: Budget, out_dir: Path, tables: tuple[str, ...] = TABLES,
     row's behaviour digest (:func:`cell_digest`): an interrupted run resumes, and a code change
     retrains only the rows whose first steps it changes.
     """
-    settings = cell_settings(budget)
+    settings = {k: v for k, v in asdict(budget).items() if k not in ("seeds", "signal_seeds", "ablation_seeds", "lrs")}
 
     def train(rows: list[Row]) -> list[dict[str, Any]]:
         cells = {r.name: (asdict(r), asdict(budget), str(out_dir / "runs"), isolate) for r in rows}

@@ -264,7 +264,8 @@ def markdown(result: dict[str, Any], quick: bool, seed: int, plot_name: str) -> 
             lines.append("Hope against the best baseline: " + ", ".join(
                 f"D={k.split('/')[1]}: {pct(cell(result, 'hope', k)[0])} vs {pct(cell(result, top[k], k)[0])} % "
                 f"({NAMES[top[k]]})" for k in keys) + ".")
-            size = {f: next(iter(next(iter(result["runs"].values()))[f].values()))["parameters"] for f in s["models"]}
+            setting = next(iter(result["runs"].values()))  # parameter counts do not depend on the setting or rate
+            size = {f: next(iter(setting[f].values()))["parameters"] for f in s["models"]}
             largest = max(baselines, key=size.get)
             lines.append(f"Every row has the same width, not the same parameter count: Hope has {size['hope']:,} "
                          f"parameters, {size['hope'] / size[largest]:.1f}× the largest baseline ({NAMES[largest]}, "
