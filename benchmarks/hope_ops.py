@@ -26,7 +26,7 @@ import time
 
 import torch
 from hope_throughput import HOPE, HOPE_QUICK
-from timing import check_finite, cpu_settings
+from timing import check_finite, cpu_settings, interleaved_medians
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import nestlearn.layers.self_modifying.layer as selfmod_layer
@@ -109,7 +109,7 @@ def time_compile(model: CausalLM, batch: int, seq: int, repeats: int, what: str)
     whole = torch.compile(model) if what == "model" else None
     opt = torch.optim.AdamW(model.parameters(), lr=0.0)  # lr 0: both variants see the same weights
 
-    def step(compiled: bool) -> None:
+    def step(compiled: bool) -> float:
         if what == "chunks":
             compile_chunk_step("inductor" if compiled else None)
         fn = whole if compiled and whole is not None else model
@@ -117,22 +117,15 @@ def time_compile(model: CausalLM, batch: int, seq: int, repeats: int, what: str)
         loss.backward()
         opt.step()
         opt.zero_grad()
-        check_finite("loss", loss.item())
+        return loss.item()
 
     t0 = time.perf_counter()
-    step(True)
+    check_finite("loss", step(True))
     first = time.perf_counter() - t0
-    step(False)
-    times: dict[bool, list[float]] = {False: [], True: []}
-    for _ in range(repeats):
-        for compiled in (False, True):
-            t0 = time.perf_counter()
-            step(compiled)
-            times[compiled].append(time.perf_counter() - t0)
+    med = interleaved_medians({"eager": lambda: step(False), "compiled": lambda: step(True)}, repeats)
     compile_chunk_step(None)
-    med = {k: sorted(v)[len(v) // 2] for k, v in times.items()}
-    return {"first compiled step": first, "eager step": med[False], "compiled step": med[True],
-            "speed-up": med[False] / med[True]}
+    return {"first compiled step": first, "eager step": med["eager"], "compiled step": med["compiled"],
+            "speed-up": med["eager"] / med["compiled"]}
 
 
 def main(argv: list[str] | None = None) -> dict[str, int]:
