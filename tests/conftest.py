@@ -86,7 +86,8 @@ def _memory_inputs(kind: str, length: int, momentum: bool, seed: int = 0, *, bat
         init = {"W": rnd(heads, dim, dim, scale=w_scale)}
     else:
         scale = w_scale if mlp_scale is None else mlp_scale
-        init = {"W1": rnd(heads, dim, hidden, scale=scale), "W2": rnd(heads, hidden, dim, scale=scale)}
+        rows = 2 * hidden if kind == "swiglu" else hidden  # swiglu's W2 stacks [W_gate; W_up]
+        init = {"W1": rnd(heads, dim, hidden, scale=scale), "W2": rnd(heads, rows, dim, scale=scale)}
     q, v = rnd(batch, heads, length, dim), rnd(batch, heads, length, dim, scale=v_scale)
     k = torch.nn.functional.normalize(torch.randn(batch, heads, length, dim, generator=g, dtype=dt), dim=-1)
     eta, alpha, beta = uniform(high=eta_scale), uniform(low=alpha_low), uniform()

@@ -148,6 +148,7 @@ def test_hope_ops_counts_every_part_and_each_memory_chunk(bench):
     parts = ("the rest of the block", "generating memories", "output memory", "CMS", "backward")
     assert all(counts[p] > 0 for p in parts)
     # HOPE_QUICK: output memory chunks of 4 tokens, generating memories of 8 in two groups, whose last
-    # chunk a training call (keep_state=False) skips.
-    assert counts["memory chunk calls (C = 4)"] == 8 and counts["memory chunk calls (C = 8)"] == 2 * 3
+    # chunk a training call (keep_state=False) skips, and CMS levels of 16 and 8 (read in every chunk).
+    assert counts["memory chunk calls (C = 4)"] == 8 and counts["memory chunk calls (C = 8)"] == 2 * 3 + 4
+    assert counts["memory chunk calls (C = 16)"] == 2
     assert bench("hope_ops").main(["--model", "quick", "--batch", "2", "--seq", "32"]) == counts  # deterministic

@@ -4,14 +4,7 @@ import pytest
 import torch
 
 from nestlearn.errors import ConfigError
-from nestlearn.layers.cms import (
-    CMS,
-    CMSConfig,
-    chunk_terms,
-    pack_weights,
-    swiglu_apply,
-    unpack_weights,
-)
+from nestlearn.layers.cms import CMS, CMSConfig
 from nestlearn.layers.cms.naive import cms_reference
 
 D = 8
@@ -38,55 +31,6 @@ VARIANTS = [("sequential", "slow_first"), ("sequential", "fast_first"), ("nested
 FORMS = ["mlp", "swiglu"]
 # (step_norm, write_bound): D13's plain 1/(C·d) scale, the per-weight steps and the write bound (design.md S3, S5).
 STEPS = [("none", 0.0), ("bounded", 0.0), ("bounded", 0.5)]
-
-
-def _body(form, weights, z):
-    if form == "swiglu":
-        return swiglu_apply(weights, z)
-    return torch.nn.functional.silu(z @ weights["W2"].mT) @ weights["W1"].mT
-
-
-@pytest.mark.parametrize("form", FORMS)
-@pytest.mark.parametrize("objective", ["l2", "dot"])
-@pytest.mark.parametrize("shared", [False, True])
-def test_chunk_terms_match_autograd(form, objective, shared):
-    """One chunk's read and its summed write Σ_t η_t g_t (closed forms, fused products) against autograd
-    of the literal per-token losses, for per-sample and batch-shared weights, fused or read/write alone."""
-    torch.manual_seed(0)
-    h, n = 12, 5
-    shapes = {"W1": (D, h), "W2": (h, D), "W3": (h, D)}
-    names = ["W1", "W2", "W3"] if form == "swiglu" else ["W1", "W2"]
-    lead = () if shared else (2,)
-    w = {k: torch.randn(*lead, *shapes[k], dtype=torch.float64) * (0.3 if k == "W1" else 1.0) for k in names}
-    state = {k: t.expand(2, *t.shape) if shared else t for k, t in w.items()}
-    packed = pack_weights(form, state)
-    assert (packed["W1"].dim() == 2) == shared
-    x_norm, key, target = (torch.randn(2, n, D, dtype=torch.float64) for _ in range(3))
-    eta = torch.rand(2, n, 1, dtype=torch.float64)
-    if objective == "dot":
-        key = x_norm  # the lss signal: the keys are the read inputs, the products are shared
-    terms = chunk_terms(form, "silu", objective, packed, x_norm, key, target, eta)
-    torch.testing.assert_close(terms.out, _body(form, state, x_norm), rtol=0, atol=1e-12)
-    expected = {k: torch.zeros_like(t) for k, t in state.items()}
-    for t in range(n):
-        leaves = {k: v.clone().requires_grad_(True) for k, v in state.items()}
-        body = _body(form, leaves, key[:, t:t + 1])
-        if objective == "l2":
-            loss = 0.5 * (body - target[:, t:t + 1]).pow(2).sum()
-        else:
-            loss = -(body * target[:, t:t + 1]).sum()
-        grads = torch.autograd.grad(loss, list(leaves.values()))
-        for k, g in zip(leaves, grads):
-            expected[k] += eta[:, t, :, None] * g
-    got = unpack_weights(form, {k: e.mT @ p for k, (e, p) in terms.factors.items()}, 2)
-    for k in names:
-        torch.testing.assert_close(got[k], expected[k], rtol=0, atol=1e-12, msg=k)
-    alone = (chunk_terms(form, "silu", objective, packed, x_norm, key, target, eta, write=False),
-             chunk_terms(form, "silu", objective, packed, x_norm, key, target, eta, read=False))
-    assert alone[0].factors is None and alone[1].out is None
-    torch.testing.assert_close(alone[0].out, terms.out, rtol=0, atol=1e-12)
-    for k, (e, p) in alone[1].factors.items():
-        torch.testing.assert_close(e.mT @ p, terms.factors[k][0].mT @ terms.factors[k][1], rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize("step", STEPS, ids=str)
@@ -123,7 +67,8 @@ def test_gradients_agree_with_reference(variant, order, form, step):
 def test_gradcheck_through_writes(form):
     cms = make("nested", chunk_sizes=(4, 2), form=form)
     x = torch.randn(1, 9, D, dtype=torch.float64, requires_grad=True)
-    w_in = cms.levels[1].initial["W2"]
+    level = cms.levels[1]
+    w_in = level.w_in if form == "mlp" else level.w_gate
     assert torch.autograd.gradcheck(lambda inp, w: cms(inp)[0], (x, w_in))
 
 
@@ -144,13 +89,13 @@ def test_segments_with_carried_state_equal_one_pass(form):
 
 @pytest.mark.parametrize("form", FORMS)
 def test_broadcast_and_materialised_states_agree(form):
-    """A fresh state's weights are one matrix broadcast over the batch and take unbatched products;
-    the same values held per sample (or, for SwiGLU, one weight of each kind) give the same results."""
+    """A fresh state's weights are one matrix broadcast over the batch; the same values held per
+    sample, for all weights or some, give the same results."""
     cms = make(form=form)
     x = torch.randn(2, 19, D, dtype=torch.float64)
     state = cms.init_state(2, dtype=torch.float64)
     y, s = cms(x, state, 3)
-    for keys in (list(state), ["0.W2", "1.W1", "2.W3"]):
+    for keys in (list(state), ["0.W2", "1.W1_b", "2.W2"]):
         mixed = {k: v.clone() if k in keys else v for k, v in state.items()}
         y2, s2 = cms(x, mixed, 3)
         torch.testing.assert_close(y2, y, rtol=0, atol=1e-12)
@@ -175,7 +120,7 @@ def test_batch_isolation_and_causality():
 
 def static_chain(cms, x):
     for level in cms.levels:
-        x = level.read(level.initial, x)
+        x = level.static_read(x)
     return x
 
 
@@ -198,8 +143,8 @@ def test_nested_level_restarts_from_its_fast_initial_state():
     x = torch.randn(1, 6, D, dtype=torch.float64)
     _, state = cms(x)
     # After a slow boundary the fast level equals its (updated) initial state, which has moved.
-    assert torch.equal(state["1.W1"], state["1.I1"]) and torch.equal(state["1.W2"], state["1.I2"])
-    assert not torch.allclose(state["1.I2"], cms.levels[1].w_in.expand_as(state["1.I2"]))
+    assert all(torch.equal(state[f"1.{n}"], state[f"1.init.{n}"]) for n in ("W1", "W2", "W1_b", "W2_b"))
+    assert not torch.allclose(state["1.init.W2"], cms.levels[1].w_in.expand_as(state["1.init.W2"]))
 
 
 @pytest.mark.parametrize("kwargs, field", [
@@ -262,36 +207,11 @@ def test_bounded_step_keeps_a_level_with_a_large_output_layer_finite():
     assert finite == {"bounded": True, "none": False}
 
 
-@pytest.mark.parametrize("pos", [0, 3])
-def test_a_kv_level_is_the_memory_primitive_with_a_boundary_read(pos):
-    """An MLP level with the kv signal and D13's step is the primitive's non-residual MLP memory, read
-    at its chunk's boundary (Eq 71): query n(x), key n(k), value v − k, plain GD at η_t; its output
-    is x + M_b(n(x)), and its state is the primitive's (weights W_b − pending write, boundary W_b)."""
-    from nestlearn.memory import MemorySpec, memory_scan
-
-    cms = make(chunk_sizes=(4,), step=("none", 0.0))
-    level = cms.levels[0]
-    x = torch.randn(2, 11, D, dtype=torch.float64)
-    state = cms.init_state(2, dtype=torch.float64)
-    if pos:  # a stream carried in from mid-chunk, with a pending write
-        _, state = cms(torch.randn(2, pos, D, dtype=torch.float64), state)
-    y, new = cms(x, state, pos=pos)
-    spec = MemorySpec(kind="mlp", objective="l2", rule="gd", chunk_size=4, read="boundary", residual=False)
-    x_norm = level.norm(x)
-    key, target, eta = level.write_inputs(x, x_norm)
-    mem = {"W1": state["0.W1"] - state["0.G1"], "W2": state["0.W2"] - state["0.G2"],
-           "W1_b": state["0.W1"], "W2_b": state["0.W2"]}
-    out, mem = memory_scan(spec, mem, x_norm, key, target, eta.squeeze(-1), pos=pos)
-    torch.testing.assert_close(y, x + out, rtol=0, atol=1e-12)
-    for j in ("1", "2"):
-        torch.testing.assert_close(new[f"0.W{j}"], mem[f"W{j}_b"], rtol=0, atol=1e-12)
-        torch.testing.assert_close(new[f"0.W{j}"] - new[f"0.G{j}"], mem[f"W{j}"], rtol=0, atol=1e-12)
-
-
 @pytest.mark.parametrize("form", FORMS)
-def test_compiled_chunk_terms_equal_the_eager_ones(form):
-    """``compile_chunk_step`` also compiles the levels' chunk terms: the same outputs, states and
-    gradients (aot_eager traces as inductor does, without needing a C++ compiler)."""
+def test_compiled_chunk_step_equals_the_eager_one_for_the_levels(form):
+    """The levels run on the memory primitive, so ``compile_chunk_step`` compiles their chunk steps
+    too: the same outputs, states and gradients (aot_eager traces as inductor does, without needing
+    a C++ compiler)."""
     from nestlearn.memory import compile_chunk_step
 
     cms = make(form=form, step=("bounded", 0.5))

@@ -91,7 +91,9 @@ def test_cms_without_state_keeps_outputs_and_gradients(variant, signal, length, 
     kept, full_state = cms(x, state, pos, u=u)
     dropped, empty = cms(x, state, pos, u=u, keep_state=False)
     assert empty == {} and full_state
-    assert torch.equal(kept, dropped)
+    # A boundary read shares its products with the chunk's keys; without the last chunk's write it is
+    # computed alone, so the two agree to rounding, not bit for bit.
+    _assert_same([kept], [dropped])
     inputs = [x, *cms.parameters()]
     _assert_same(_grads(_weighted_sum(kept), inputs), _grads(_weighted_sum(dropped), inputs))
 
@@ -110,7 +112,7 @@ def test_self_modifying_without_state_keeps_outputs_and_gradients(changes, lengt
     kept, full_state = layer(x, state, pos)
     dropped, empty = layer(x, state, pos, keep_state=False)
     assert empty == {} and full_state
-    assert torch.equal(kept, dropped)
+    _assert_same([kept], [dropped])  # to rounding: a boundary read's last chunk is computed alone (above)
     inputs = [x, *layer.parameters()]
     _assert_same(_grads(_weighted_sum(kept), inputs), _grads(_weighted_sum(dropped), inputs))
 
@@ -151,7 +153,7 @@ def test_model_without_state_keeps_logits_loss_and_gradients(name):
         kept = model(tokens[:, 6:], state=state, targets=tokens[:, 6:])
         dropped = model(tokens[:, 6:], state=state, targets=tokens[:, 6:], keep_state=False)
         assert dropped.state is None and kept.state is not None
-        assert torch.equal(kept.logits, dropped.logits) and torch.equal(kept.loss, dropped.loss)
+        _assert_same([kept.logits, kept.loss], [dropped.logits, dropped.loss])  # CMS: boundary reads, above
         params = list(model.parameters())
         _assert_same(_grads(kept.loss, params), _grads(dropped.loss, params))
 

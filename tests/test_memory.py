@@ -46,6 +46,15 @@ def assert_close(a, b, tol=1e-9):
     assert (a - b).abs().max().item() < tol
 
 
+def assert_runs_close(a, b):
+    """Two (outputs, state, gradients) triples agree in every tensor."""
+    assert_close(a[0], b[0])
+    for name in a[1]:
+        assert_close(a[1][name], b[1][name])
+    for x, y in zip(a[2], b[2]):
+        assert_close(x, y)
+
+
 @pytest.mark.parametrize("kind,objective,opt", list(itertools.product(("linear", "mlp"), ("l2", "dot"), OPTIMIZERS)))
 def test_fast_equals_reference(kind, objective, opt, make_inputs):
     for length in (1, 7, 63, 100):
@@ -70,6 +79,38 @@ def test_fast_equals_reference_momentum_forms_and_reads(momentum, read, rule, ma
         assert_close(out_f, out_r)
         for name in st_f:
             assert_close(st_f[name], st_r[name])
+
+
+@pytest.mark.parametrize("rule,momentum,read", [("gd", "none", "boundary"), ("gd", "titans", "after"),
+                                                 ("dgd", "none", "before"), ("dgd", "ema", "boundary")])
+@pytest.mark.parametrize("step_norm,curvature,bound", [("none", "input", 0.0), ("bounded", "gain", 0.0),
+                                                       ("implicit", "gain", 0.3), ("bounded", "input", 0.3)])
+def test_swiglu_kind_and_gain_curvature_equal_reference(rule, momentum, read, step_norm, curvature, bound, make_inputs):
+    """The gated MLP (a CMS level's SwiGLU form) and the gain-aware step, outputs, states and gradients."""
+    spec = MemorySpec(kind="swiglu", rule=rule, momentum=momentum, read=read, chunk_size=4, residual=False,
+                      step_norm=step_norm, curvature=curvature, write_bound=bound)
+    inputs = make_inputs(spec, 11, requires_grad=True, mlp_scale=0.8)
+    leaves = [t for t in (*inputs[0].values(), *inputs[1:]) if t is not None]
+    weight = torch.randn(B, H, 11, D, generator=torch.Generator().manual_seed(3), dtype=DT)
+    results = []
+    for fn in (memory_scan, memory_scan_reference):
+        out, state = run(fn, spec, *inputs, pos=2)
+        loss = (out * weight).sum() + sum(s.square().sum() for s in state.values())
+        results.append((out, state, torch.autograd.grad(loss, leaves)))
+    assert_runs_close(*results)
+
+
+def test_gain_curvature_divides_the_first_layer_step_by_its_gain(make_inputs):
+    """With a large W₁ the gain-aware bounded step of W₂ is smaller than the input-only one; W₁'s is unchanged."""
+    steps = {}
+    for curvature in ("input", "gain"):
+        spec = MemorySpec(kind="mlp", chunk_size=8, read="boundary", step_norm="bounded", curvature=curvature)
+        init, q, k, v, eta, alpha, beta = make_inputs(spec, 8)
+        init = {"W1": init["W1"] * 20, "W2": init["W2"]}
+        _, state = run(memory_scan, spec, init, q, k, v, eta, None, None)
+        steps[curvature] = {n: (state[n] - init[n]).norm().item() for n in ("W1", "W2")}
+    assert steps["gain"]["W2"] < 0.2 * steps["input"]["W2"]
+    assert steps["gain"]["W1"] == pytest.approx(steps["input"]["W1"], rel=1e-12)
 
 
 def test_chunk_size_one_is_token_by_token_equations(make_inputs):
@@ -332,9 +373,4 @@ def test_compiled_chunk_step_equals_the_eager_one(make_inputs):
             results.append((out, state, torch.autograd.grad(loss, leaves)))
     finally:
         compile_chunk_step(None)
-    (out_e, state_e, grads_e), (out_c, state_c, grads_c) = results
-    assert_close(out_c, out_e)
-    for name in state_e:
-        assert_close(state_c[name], state_e[name])
-    for gc, ge in zip(grads_c, grads_e):
-        assert_close(gc, ge)
+    assert_runs_close(*results)

@@ -26,6 +26,8 @@ SPECS = {
                             write_bound=0.5),
     "implicit_initial": dict(step_norm="implicit", retain="initial", rule="dgd", residual=False),
     "stopgrad": dict(momentum="titans", write_grad="stopgrad", rule="dgd", read="before"),
+    "cms_level": dict(kind="swiglu", read="boundary", residual=False, step_norm="bounded", curvature="gain",
+                      write_bound=0.5),
 }
 
 
@@ -38,7 +40,8 @@ def make(spec: MemorySpec, seed: int = 0, self_values: bool = False, batch: int 
     if spec.kind == "linear":
         init = {"W": rnd(H, D, D, scale=0.3)}
     else:
-        init = {"W1": rnd(H, D, HID, scale=0.3), "W2": rnd(H, HID, D, scale=0.3)}
+        rows = 2 * HID if spec.kind == "swiglu" else HID
+        init = {"W1": rnd(H, D, HID, scale=0.3), "W2": rnd(H, rows, D, scale=0.3)}
     k = F.normalize(rnd(batch, H, T, D), dim=-1)
     tokens = (rnd(batch, H, T, D), k, rnd(batch, H, T, D), 0.5 * torch.rand(batch, H, T, generator=g, dtype=DT),
               0.8 + 0.2 * torch.rand(batch, H, T, generator=g, dtype=DT),

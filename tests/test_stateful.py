@@ -68,6 +68,19 @@ def test_a_state_only_fits_its_model(tmp_path):
         load_state(path, other)
 
 
+def test_a_state_of_another_layout_is_refused_by_name(tmp_path):
+    """A file from a version whose CMS state held pending writes (``{i}.G*``) names what it lacks."""
+    from nestlearn.train.checkpoint import load_checkpoint, save_checkpoint
+
+    model = tiny_hope()
+    state, _ = learn(model, torch.randint(0, 64, (10,)))
+    path = save_state(tmp_path / "s.safetensors", model, state)
+    tensors, meta = load_checkpoint(path, what="state file")
+    save_checkpoint(path, {k.replace("W1_b", "G1"): v for k, v in tensors.items()}, meta)
+    with pytest.raises(CheckpointError, match=r"lacks state entries .*cms\.0\.W1_b"):
+        load_state(path, model)
+
+
 def test_bounded_context_models_refuse_long_streams():
     model = CausalLM(TransformerConfig(vocab_size=64, d_model=16, n_layers=1, n_heads=2, max_seq_len=32))
     with pytest.raises(NestlearnError, match="recurrent family"):

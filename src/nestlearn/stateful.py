@@ -59,6 +59,12 @@ def load_state(path: str | Path, model: CausalLM) -> tuple[LMState, dict]:
     if meta.get("model_sha256") != model_fingerprint(model):
         raise CheckpointError(f"{path} was written by another model ({meta.get('family')}, fingerprint "
                               f"{str(meta.get('model_sha256'))[:12]}); a state only fits the model that produced it")
+    missing = sorted(set(model.init_state(1).flat()) - set(tensors))
+    if missing:
+        # The model's state layout changed since the file was written (e.g. CMS levels, design.md S13).
+        raise CheckpointError(f"{path} lacks state entries this version of nestlearn needs ({', '.join(missing[:3])}"
+                              f"{', …' if len(missing) > 3 else ''}); it was written by another version: read the "
+                              "stream into a fresh state again")
     device = next(model.parameters()).device
     return LMState.from_flat(meta["pos"], meta["n_layers"], {k: v.to(device) for k, v in tensors.items()}), meta
 

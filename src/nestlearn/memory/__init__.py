@@ -9,7 +9,7 @@
   :func:`weight_step`: one weight's normalised, bounded step (design.md S3, S5), also used by CMS.
 """
 
-from nestlearn.memory.chunks import chunk_bounds, split_chunks
+from nestlearn.memory.chunks import boundary_weights, chunk_bounds, split_chunks
 from nestlearn.memory.gates import logit
 from nestlearn.memory.gradients import activation, activation_grad, boundary_factors, memory_apply
 from nestlearn.memory.ops import chunk_compile_backend, compile_chunk_step, compiled, init_memory_state, memory_scan, segment_products, weight_step
@@ -21,6 +21,7 @@ __all__ = [
     "activation",
     "activation_grad",
     "boundary_factors",
+    "boundary_weights",
     "chunk_bounds",
     "chunk_compile_backend",
     "compile_chunk_step",

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import torch
 
 Tensor = torch.Tensor
+State = dict[str, Tensor]
 
 
 def chunk_bounds(pos: int, length: int, chunk_size: int) -> list[tuple[int, int]]:
@@ -30,3 +31,10 @@ def split_chunks(bounds: list[tuple[int, int]], tensors: Sequence[Tensor | None]
     """
     sizes = [end - start for start, end in bounds]
     return [None if t is None else t.split(sizes, dim=dim) for t in tensors]
+
+
+def boundary_weights(state: State, pos: int, chunk_size: int, names: Sequence[str]) -> State:
+    """The weights ``names`` at the last chunk boundary b(t) for a token at absolute position ``pos``
+    (D4): the state's weights themselves when ``pos`` opens a chunk, else their ``*_b`` copies."""
+    at_boundary = pos % chunk_size == 0
+    return {n: state[n] if at_boundary else state[f"{n}_b"] for n in names}

@@ -33,8 +33,9 @@ import torch
 import torch.nn.functional as F
 
 from nestlearn.memory import monitor
-from nestlearn.memory.chunks import chunk_bounds, split_chunks
-from nestlearn.memory.gradients import activation, boundary_terms, memory_apply
+from nestlearn.memory.chunks import boundary_weights, chunk_bounds, split_chunks
+from nestlearn.memory.gradients import boundary_terms, memory_apply, output_gain
+from nestlearn.memory.gradients import hidden as hidden_layer
 from nestlearn.memory.spec import MemorySpec
 
 Tensor = torch.Tensor
@@ -93,11 +94,20 @@ class _GateProducts:
     b: Tensor | None
 
 
-def _gate_products(spec: MemorySpec, eta: Tensor, alpha: Tensor | None, beta: Tensor | None) -> _GateProducts:
+def _gate_products(spec: MemorySpec, eta: Tensor, alpha: Tensor | None, beta: Tensor | None,
+                   last_only: bool = False) -> _GateProducts:
+    """``last_only``: D^α and A for the chunk's last token alone (its end state), when no read or DGD
+    value inside the chunk needs the other rows: (..., 1, n) and (..., 1) instead of C×C work."""
     alpha = torch.ones_like(eta) if alpha is None else alpha
+    if last_only:
+        # Row n of D^α is the suffix products Π_{i=j+1..n} α_i; their first entry, times α_1, is A_n.
+        suffix = alpha.flip(-1).cumprod(dim=-1).flip(-1)
+        d_alpha, a0 = F.pad(suffix[..., 1:], (0, 1), value=1.0).unsqueeze(-2), suffix[..., :1]
+    else:
+        d_alpha, a0 = segment_products(alpha), alpha.cumprod(dim=-1)
     if spec.momentum == "none":
-        return _GateProducts(segment_products(alpha), alpha.cumprod(dim=-1), None, None)
-    return _GateProducts(segment_products(alpha), alpha.cumprod(dim=-1), segment_products(beta), beta.cumprod(dim=-1))
+        return _GateProducts(d_alpha, a0, None, None)
+    return _GateProducts(d_alpha, a0, segment_products(beta), beta.cumprod(dim=-1))
 
 
 def _coefficients(spec: MemorySpec, gp: _GateProducts, eta: Tensor, beta: Tensor | None, gscale: Tensor | None,
@@ -160,17 +170,27 @@ def dgd_coefficient(spec: MemorySpec, step: Tensor, alpha: Tensor | None) -> Ten
     return alpha * step
 
 
+def step_gains(spec: MemorySpec, pre_k: Tensor, weights: State) -> dict[str, Tensor]:
+    """Weight name -> the squared gain :func:`weight_step` multiplies its curvature by: W₂'s under
+    ``curvature="gain"`` with a normalised step (pre_k = k W₂ᵀ at the boundary), else none."""
+    if spec.curvature == "input" or spec.step_norm == "none" or spec.kind == "linear":
+        return {}
+    return {"W2": output_gain(spec, pre_k, weights["W1"])}
+
+
 def _weight_coefficients(spec: MemorySpec, eta: Tensor, alpha: Tensor | None, beta: Tensor | None,
-                         factors: dict[str, tuple[Tensor, Tensor]], first: str) -> dict[str, _Coefficients]:
-    """Each weight's chunk coefficients; one shared set unless steps are normalised or bounded per weight."""
-    gp = _gate_products(spec, eta, alpha, beta)
+                         factors: dict[str, tuple[Tensor, Tensor]], first: str, gains: dict[str, Tensor],
+                         last_only: bool = False) -> dict[str, _Coefficients]:
+    """Each weight's chunk coefficients; one shared set unless steps are normalised or bounded per weight.
+    ``last_only``: the rows of the chunk's last token alone (see :func:`_gate_products`)."""
+    gp = _gate_products(spec, eta, alpha, beta, last_only)
     dgd = spec.rule == "dgd"
     if spec.step_norm == "none" and spec.write_bound <= 0:
         co = _coefficients(spec, gp, eta, beta, None, dgd_coefficient(spec, eta, alpha) if dgd else None)
         return {name: co for name in factors}
     out = {}
     for name, (e, p) in factors.items():
-        step, gscale = weight_step(spec, eta, e, p)
+        step, gscale = weight_step(spec, eta, e, p, gains.get(name))
         gamma = dgd_coefficient(spec, step, alpha) if dgd and name == first else None
         out[name] = _coefficients(spec, gp, step, beta, gscale, gamma)
     return out
@@ -200,27 +220,57 @@ def _cat(parts: tuple[Tensor, ...], dim: int) -> Tensor:
     return torch.cat([t.expand(*lead, *t.shape[-2:]) for t in parts], dim=dim)
 
 
+def _outer(e: Tensor, p: Tensor, scale: Tensor) -> Tensor:
+    """Σ_j scale_j e_j p_jᵀ, (..., rows, cols), scale (..., n, 1) applied to the narrower factor.
+
+    The product is ordered so that the gradient of the wider factor, whose graph holds the element-wise
+    work (an MLP's hidden side), comes out of the backward product contiguous (strided element-wise
+    work is several times slower on CPU): eᵀ p yields a contiguous gradient for p, (pᵀ e)ᵀ for e.
+    """
+    if e.shape[-1] > p.shape[-1]:
+        return ((scale * p).mT @ e).mT
+    if e.shape[-1] < p.shape[-1]:
+        return (scale * e).mT @ p
+    return e.mT @ (scale * p)
+
+
+def _add_outer(x0: Tensor, e: Tensor, p: Tensor, scale: Tensor) -> Tensor:
+    """x0 + Σ_j scale_j e_j p_jᵀ as one fused product-add (3-D weights), ordered as in :func:`_outer`;
+    for a wide e it runs in the transposed layout and returns a transposed view, so that a weight
+    written chunk after chunk stays in the layout its products read and write without copies."""
+    if e.shape[-1] > p.shape[-1]:
+        return torch.baddbmm(x0.mT, (scale * p).mT, e).mT
+    if e.shape[-1] < p.shape[-1]:
+        return torch.baddbmm(x0, (scale * e).mT, p)
+    return torch.baddbmm(x0, e.mT, scale * p)
+
+
 def _end_state(co: _Coefficients, x0: Tensor, s0: Tensor | None, e: Tensor, p: Tensor,
-               u: Tensor | None, anchor: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+               u: Tensor | None, anchor: Tensor | None = None, decay: bool = True) -> tuple[Tensor, Tensor | None]:
     """(X_n, S_n) after the chunk's last token; ``u`` the DGD values (then p are the keys); ``anchor``
-    W₀ of ``retain="initial"``, which adds (1 − A_n) W₀ (the anchor's terms telescope over the chunk).
+    W₀ of ``retain="initial"``, which adds (1 − A_n) W₀ (the anchor's terms telescope over the chunk);
+    ``decay`` False when there is no retention gate (α ≡ 1, so A_n = 1).
 
     The chunk's sums share their left factor ([e; u]ᵀ [−Gm∘p; −Gk∘k] for X_n; with momentum and no
     DGD values eᵀ [−Gm∘p | mom∘p] gives both), with the minus signs on the small right factor. The
     boundary terms are fused multiply-adds: operations on whole weight matrices cost as much as the
     products at these chunk sizes, forward and backward.
     """
-    neg = -co.gm[..., -1, :].unsqueeze(-1) * p
     s = None
     if u is not None:
+        neg = -co.gm[..., -1, :].unsqueeze(-1) * p
         acc = _cat((e, u), -2).mT @ _cat((neg, -co.gk[..., -1, :].unsqueeze(-1) * p), -2)
         if s0 is not None:
             s = e.mT @ (co.mom_end.unsqueeze(-1) * p)
     elif s0 is None:
-        acc = e.mT @ neg
+        if not decay and anchor is None and x0.dim() == 3:
+            return _add_outer(x0, e, p, -co.gm[..., -1, :].unsqueeze(-1)), None
+        acc = _outer(e, p, -co.gm[..., -1, :].unsqueeze(-1))
     else:
+        neg = -co.gm[..., -1, :].unsqueeze(-1) * p
         acc, s = (e.mT @ torch.cat((neg, co.mom_end.unsqueeze(-1) * p), dim=-1)).split(p.shape[-1], dim=-1)
-    x = torch.addcmul(acc, co.a0[..., -1, None, None], x0)
+    # Without retention A_n ≡ 1: an add, whose backward is free, instead of a scaled add.
+    x = acc + x0 if not decay else torch.addcmul(acc, co.a0[..., -1, None, None], x0)
     if anchor is not None:
         x = torch.addcmul(x, 1 - co.a0[..., -1, None, None], anchor)
     if s0 is not None:
@@ -247,32 +297,42 @@ def _chunk(spec: MemorySpec, cur: State, mom: State, grad_at: State, q: Tensor, 
     X_0 q come from the boundary product of :func:`_boundary_terms` instead of being recomputed.
     """
     first = "W" if spec.kind == "linear" else "W2"
-    aligned = all(grad_at[n] is cur[n] for n in cur)
     read_q = outputs and spec.read != "boundary"  # a boundary read needs none of the chunk's intra-chunk terms
-    factors, pre_k, pre_q = boundary_terms(spec, grad_at, k, v, self_values, q if read_q and aligned else None)
-    cos = _weight_coefficients(spec, eta, alpha, beta, factors, first)
+    if not (end_state or read_q):
+        # Nothing of the chunk's writes is used: a boundary read alone (the last chunk of a training call).
+        read_at = grad_at if stop_shift is None else {name: w + stop_shift[name] for name, w in grad_at.items()}
+        return (memory_apply(spec, read_at, q) if outputs else None), {}, {}
+    aligned = all(grad_at[n] is cur[n] for n in cur)
+    # q meets the boundary's first weight when the read is at the boundary state (a boundary read, or
+    # any read of an aligned chunk's X_0), so its product joins the gradients' (:func:`boundary_terms`).
+    boundary_q = (read_q and aligned) or (outputs and not read_q and stop_shift is None)
+    factors, pre_k, pre_q = boundary_terms(spec, grad_at, k, v, self_values, q if boundary_q else None,
+                                           read=boundary_q and not read_q)
+    dgd = spec.rule == "dgd"
+    cos = _weight_coefficients(spec, eta, alpha, beta, factors, first, step_gains(spec, pre_k, grad_at),
+                               last_only=not (read_q or dgd))
     co = cos[first]
-    prev = co.before()
-    read_co = co if spec.read == "after" else prev
     anchor = anchor or {}
     x0, s0, a_first = cur[first], mom.get(first), anchor.get(first)
-    dgd = spec.rule == "dgd"
-    n = k.shape[-2]
-    zs = torch.cat((k, q), dim=-2) if read_q else k
-
-    def split(t: Tensor) -> tuple[Tensor, Tensor | None]:
-        # split, not slices: a slice's backward fills a zero tensor of the whole.
-        return t.split(n, dim=-2) if read_q else (t, None)
-
-    if aligned:
-        k_x0, q_x0 = pre_k, pre_q
-    else:
-        k_x0, q_x0 = split(zs @ x0.mT)
-    k_s0, q_s0 = split(zs @ s0.mT) if s0 is not None else (None, None)
-    k_a, q_a = split(zs @ a_first.mT) if a_first is not None else (None, None)
-    k_k, q_k = split(zs @ k.mT)
-    e = factors[first][0]
     u = None
+    if read_q or dgd:
+        prev = co.before()
+        read_co = co if spec.read == "after" else prev
+        n = k.shape[-2]
+        zs = torch.cat((k, q), dim=-2) if read_q else k
+
+        def split(t: Tensor) -> tuple[Tensor, Tensor | None]:
+            # split, not slices: a slice's backward fills a zero tensor of the whole.
+            return t.split(n, dim=-2) if read_q else (t, None)
+
+        if aligned:
+            k_x0, q_x0 = pre_k, pre_q
+        else:
+            k_x0, q_x0 = split(zs @ x0.mT)
+        k_s0, q_s0 = split(zs @ s0.mT) if s0 is not None else (None, None)
+        k_a, q_a = split(zs @ a_first.mT) if a_first is not None else (None, None)
+        k_k, q_k = split(zs @ k.mT)
+        e = factors[first][0]
     if dgd:
         # u_t = X_{t−1} k_t: solve (I + shift(Gk) ∘ K Kᵀ) U = R (unit lower triangular, spec §5.9).
         rhs = prev.a0.unsqueeze(-1) * k_x0 - (prev.gm * k_k) @ e
@@ -284,14 +344,15 @@ def _chunk(spec: MemorySpec, cur: State, mom: State, grad_at: State, q: Tensor, 
     new_w, new_m = {}, {}
     for name, (e_n, p_n) in factors.items() if end_state else ():
         new_w[name], s = _end_state(cos[name], cur[name], mom.get(name), e_n, p_n, u if name == first else None,
-                                    anchor.get(name))
+                                    anchor.get(name), decay=alpha is not None)
         if s is not None:
             new_m[name] = s
     if not outputs:
         return None, new_w, new_m
     if not read_q:
-        read_at = grad_at if stop_shift is None else {name: w + stop_shift[name] for name, w in grad_at.items()}
-        return memory_apply(spec, read_at, q), new_w, new_m
+        if stop_shift is None:
+            return pre_q, new_w, new_m
+        return memory_apply(spec, {name: w + stop_shift[name] for name, w in grad_at.items()}, q), new_w, new_m
     out = read_co.a0.unsqueeze(-1) * q_x0
     if s0 is not None:
         out = out - read_co.sig.unsqueeze(-1) * q_s0
@@ -305,7 +366,7 @@ def _chunk(spec: MemorySpec, cur: State, mom: State, grad_at: State, q: Tensor, 
         out = out + q @ stop_shift[first].mT
     if spec.kind == "linear":
         return out, new_w, new_m
-    hidden = activation(spec.activation, out)
+    hidden = hidden_layer(spec, out)
     e1, act = factors["W1"]
     co1 = read_co if cos["W1"] is co else (cos["W1"] if spec.read == "after" else cos["W1"].before())
     out = _read(co1, cur["W1"], mom.get("W1"), e1, act, hidden, anchor.get("W1"))
@@ -319,9 +380,9 @@ _compiled: dict[tuple, object] = {}
 
 
 def compile_chunk_step(backend: str | None = "inductor") -> None:
-    """Run the memories' chunk steps under ``torch.compile`` in this process (None: eagerly again):
-    :func:`memory_scan`'s (Titans, the delta-rule families, the self-modifying memories) and the CMS
-    levels' (:func:`nestlearn.layers.cms.chunk.chunk_terms`).
+    """Run :func:`memory_scan`'s chunk step under ``torch.compile`` in this process (None: eagerly
+    again), for every memory built on it: Titans, the delta-rule families, the self-modifying
+    memories and the CMS levels.
 
     At the widths of the evidence suite a chunk is some 300 small operations forward and twice that
     backward, so its time is per-operation overhead (docs/performance.md); compiling the chunk step
@@ -433,7 +494,7 @@ def memory_scan(spec: MemorySpec, state: State, q: Tensor, k: Tensor, v: Tensor,
     watch = monitor.active()
     cur = {n: state[n] for n in names}
     mom = {n: state[f"{n}_mom"] for n in names} if spec.momentum != "none" else {}
-    grad_at = {n: state[f"{n}_b"] for n in names} if pos % spec.chunk_size else dict(cur)
+    grad_at = boundary_weights(state, pos, spec.chunk_size, names)
     bounds = chunk_bounds(pos, q.shape[-2], spec.chunk_size)
     pieces = split_chunks(bounds, (q, k, v), dim=-2)
     gates = split_chunks(bounds, (eta, alpha, beta), dim=-1)

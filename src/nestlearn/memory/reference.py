@@ -15,7 +15,7 @@ import torch
 
 from nestlearn.memory import monitor
 from nestlearn.memory.chunks import chunk_bounds
-from nestlearn.memory.gradients import State, activation, memory_apply
+from nestlearn.memory.gradients import State, hidden, memory_apply
 from nestlearn.memory.spec import MemorySpec
 
 Tensor = torch.Tensor
@@ -48,6 +48,18 @@ def inner_gradients(loss: Callable[[State], Tensor], weights: State) -> State:
     return {n: torch.zeros_like(weights[n]) if g is None else g for n, g in zip(zeros, grads)}
 
 
+def output_gain_autograd(spec: MemorySpec, weights: State, k: Tensor) -> Tensor:
+    """‖∂(W₁ h(p))/∂p‖²_F at p = W₂ k for one token k (..., 1, d_in), by autograd, one output at a
+    time (``curvature="gain"``); (..., 1, 1)."""
+    with torch.enable_grad():
+        pre = k @ weights["W2"].mT
+        pre = pre if pre.requires_grad else pre.detach().requires_grad_(True)
+        body = hidden(spec, pre) @ weights["W1"].mT
+        gain = sum(torch.autograd.grad(body[..., i].sum(), pre, create_graph=True)[0].pow(2).sum(-1, keepdim=True)
+                   for i in range(body.shape[-1]))
+    return gain
+
+
 def memory_scan_reference(spec: MemorySpec, state: State, q: Tensor, k: Tensor, v: Tensor, eta: Tensor,
                           alpha: Tensor | None = None, beta: Tensor | None = None,
                           pos: int = 0, final_state: bool = True, anchor: State | None = None,
@@ -56,9 +68,10 @@ def memory_scan_reference(spec: MemorySpec, state: State, q: Tensor, k: Tensor, 
     computed; without ``final_state`` the state comes back empty; the monitor sees every token).
 
     For token t (absolute position pos + t) with boundary state M_b of its chunk, and each weight W
-    with input p_W (k_t for the key-consuming weight, σ(W₂,b k_t) for W₁):
+    with input p_W (k_t for the key-consuming weight, h(W₂,b k_t) for W₁):
         η̃_t = η_t (eigen "positive"), (1 + α_t) η_t ("signed"), 2η_t ("signed" with gate_form "yang")
-        η_W = η̃_t | η̃_t/(1 + η̃_t‖p_W‖²) (step_norm "implicit") | η̃_t/max(1, ‖p_W‖²) ("bounded")
+        η_W = η̃_t | η̃_t/(1 + η̃_t c_W) (step_norm "implicit") | η̃_t/max(1, c_W) ("bounded"), with
+              c_W = ‖p_W‖², times ‖∂(W₁ h(p))/∂p‖² for W₂ with curvature "gain"
         g_W = s_W ∇_W ℓ(M_b; k_t, v_t),  s_W = min(1, τ/‖∇_W ℓ‖_F) with a write bound τ, else 1
         S_W = β_t S_W + η_W g_W (titans) | β_t S_W + g_W (scaled) | β_t S_W + (1 − β_t) g_W (ema)
         step_W = η_W g_W (none) | S_W (titans) | η_W S_W (scaled, ema)
@@ -105,13 +118,15 @@ def memory_scan_reference(spec: MemorySpec, state: State, q: Tensor, k: Tensor, 
             outs.append(memory_apply(spec, weights(boundary), qt))
         grads = inner_gradients(lambda w: inner_loss(spec, w, kt, vt), boundary)
         inputs = {dgd_weight: kt}
-        if spec.kind == "mlp":
-            inputs["W1"] = activation(spec.activation, kt @ boundary["W2"].mT)
+        if spec.kind != "linear":
+            inputs["W1"] = hidden(spec, kt @ boundary["W2"].mT)
         new = {}
         for n in names:
             eta_n = eta_t
             if spec.step_norm != "none":
                 sq = inputs[n].pow(2).sum(-1, keepdim=True)  # (..., 1, 1)
+                if spec.curvature == "gain" and n == "W2":
+                    sq = sq * output_gain_autograd(spec, boundary, kt)
                 eta_n = eta_t / (1 + eta_t * sq) if spec.step_norm == "implicit" else eta_t / sq.clamp(min=1.0)
             g = grads[n]
             if spec.write_bound > 0:

@@ -12,6 +12,9 @@ Conventions (one sample, one head; the implementation carries a batch and a head
   - ``"linear"``: M(z) = W z, W ∈ ℝ^{d_out×d_in}  [NL-L Eqs 14–16].
   - ``"mlp"``: M(z) = z + W₁ σ(W₂ z) (``residual=True``, Eq 89 / [T §3.1]) or W₁ σ(W₂ z),
     W₂ ∈ ℝ^{h×d_in}, W₁ ∈ ℝ^{d_out×h}.
+  - ``"swiglu"``: the same with the gated hidden layer h(p) = SiLU(p_g) ⊙ p_u of p = W₂ z, where
+    W₂ = [W_gate; W_up] ∈ ℝ^{2h×d_in} stacks the two input matrices (a CMS level's SwiGLU form,
+    spec §6.4); everything below treats the stack as the one key-consuming weight.
 * Objective (``objective``), evaluated at the chunk's boundary state M_b (spec §5.5, [T Eqs 16–18]):
   - ``"l2"``: ℓ = ½‖M(k) − v‖² [T Eq 12, NL-L Eq 93]; error e = M_b(k) − v.
   - ``"dot"``: ℓ = −⟨M(k), v⟩ [NL-L Eq 17, Eq 92 sign-corrected]; error e = −v.
@@ -40,6 +43,9 @@ Conventions (one sample, one head; the implementation carries a batch and a head
 * Retention target (``retain``, design.md S4): ``"zero"`` W ← α_t W …, the paper's decay toward 0;
   ``"initial"`` W ← α_t W + (1 − α_t) W₀ …, decay toward the meta-learned initial state W₀ (the
   ``anchor`` argument of the scan).
+* Curvature of the key-consuming weight of an MLP (``curvature``, design.md S3): ``"input"`` ‖k‖²,
+  its input's alone, as above; ``"gain"`` ‖k‖²·‖∂(W₁ h(p))/∂p‖²_F, its input's times the squared
+  gain of the layer behind it (a CMS level's ``bounded`` step, whose W₁ can be far from unit gain).
 * Write bound (``write_bound`` τ > 0, design.md S5): each token's gradient g_t = e_t p_tᵀ is scaled by
   min(1, τ/‖g_t‖_F) before it enters the step or the momentum; 0 turns it off.
 * Read (``read``): ``"after"`` returns y_t = M_t(q_t), the state after token t's write
@@ -62,7 +68,7 @@ from dataclasses import dataclass
 
 from nestlearn.errors import ConfigError, check_choice, check_positive
 
-KINDS = ("linear", "mlp")
+KINDS = ("linear", "mlp", "swiglu")
 OBJECTIVES = ("l2", "dot")
 RULES = ("gd", "dgd")
 MOMENTA = ("none", "titans", "scaled", "ema")
@@ -73,6 +79,7 @@ READS = ("after", "before", "boundary")
 ACTIVATIONS = ("silu", "gelu")
 WRITE_GRADS = ("differentiable", "stopgrad")
 GATE_FORMS = ("eq92", "yang")
+CURVATURES = ("input", "gain")
 
 
 @dataclass(frozen=True)
@@ -80,18 +87,19 @@ class MemorySpec:
     """One associative memory's definition (see the module docstring for the equations).
 
     Attributes:
-        kind: ``"linear"`` or ``"mlp"``.
+        kind: ``"linear"``, ``"mlp"`` or ``"swiglu"``.
         objective: ``"l2"`` or ``"dot"``.
         rule: ``"gd"`` or ``"dgd"``.
         momentum: ``"none"``, ``"titans"``, ``"scaled"`` or ``"ema"``.
         chunk_size: tokens per chunk C ≥ 1; gradients are taken at the chunk's boundary state.
         read: ``"after"`` (M_t(q_t)), ``"before"`` (M_{t−1}(q_t)) or ``"boundary"`` (M_b(q_t)).
-        activation: σ of the MLP memory, ``"silu"`` or ``"gelu"`` (D12).
+        activation: σ of the MLP memory, ``"silu"`` or ``"gelu"`` (D12); ``"silu"`` for ``"swiglu"``.
         residual: the MLP memory adds its input (needs d_in = d_out).
         write_grad: ``"differentiable"`` or ``"stopgrad"`` (D3).
         eigen: ``"positive"`` (step η) or ``"signed"`` (step (1 + α)η).
         step_norm: ``"none"``, ``"implicit"`` or ``"bounded"``.
         retain: ``"zero"`` or ``"initial"`` (decay toward the anchor W₀).
+        curvature: ``"input"`` or ``"gain"``, what the step normalisation of an MLP's W₂ divides by.
         write_bound: τ ≥ 0, bound on ‖g_t‖_F per weight and token (0: none).
         gate_form: ``"eq92"`` (α on the identity of the DGD transition) or ``"yang"`` (α on all of
             it); ``"yang"`` needs ``rule="dgd"``.
@@ -112,6 +120,7 @@ class MemorySpec:
     retain: str = "zero"
     write_bound: float = 0.0
     gate_form: str = "eq92"
+    curvature: str = "input"
     field: str = "memory"
 
     def __post_init__(self) -> None:
@@ -128,6 +137,9 @@ class MemorySpec:
         check_choice(f"{self.field}.retain", self.retain, RETAINS)
         check_positive(f"{self.field}.write_bound", self.write_bound, allow_zero=True)
         check_choice(f"{self.field}.gate_form", self.gate_form, GATE_FORMS)
+        check_choice(f"{self.field}.curvature", self.curvature, CURVATURES)
+        if self.kind == "swiglu" and self.activation != "silu":
+            raise ConfigError(f"{self.field}.activation", f"the swiglu kind gates with SiLU, got {self.activation!r}")
         if self.gate_form == "yang" and self.rule != "dgd":
             # Without the DGD term there is no transition for α to multiply beyond the identity.
             raise ConfigError(f"{self.field}.gate_form", f"'yang' needs {self.field}.rule='dgd'; with "

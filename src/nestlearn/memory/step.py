@@ -23,12 +23,14 @@ from __future__ import annotations
 import torch
 
 from nestlearn.memory import monitor
+from nestlearn.memory.chunks import boundary_weights
 from nestlearn.memory.gradients import State, boundary_terms, memory_apply
 from nestlearn.memory.ops import (
     _check_inputs,
     dgd_coefficient,
     effective_eta,
     memory_scan,
+    step_gains,
     stopgrad_writes,
     weight_step,
 )
@@ -99,8 +101,7 @@ def memory_step(spec: MemorySpec, state: State, q: Tensor, k: Tensor, v: Tensor,
     shift, state, k, v, eta, alpha, beta, anchor = stopgrad_writes(spec, state, k, v, eta, alpha, beta, anchor)
     eta = effective_eta(spec, eta, alpha)
     cur = {n: state[n] for n in names}
-    opens = pos % spec.chunk_size == 0
-    grad_at = dict(cur) if opens else {n: state[f"{n}_b"] for n in names}
+    grad_at = boundary_weights(state, pos, spec.chunk_size, names)
 
     def read(weights: State) -> Tensor:
         return memory_apply(spec, weights if shift is None else {n: w + shift[n] for n, w in weights.items()}, q)
@@ -110,11 +111,12 @@ def memory_step(spec: MemorySpec, state: State, q: Tensor, k: Tensor, v: Tensor,
         out = read(cur if spec.read == "before" else grad_at)
     if not (final_state or (outputs and spec.read == "after")):
         return out, {}
-    factors, _, _ = boundary_terms(spec, grad_at, k, v, self_values, None)
+    factors, pre_k, _ = boundary_terms(spec, grad_at, k, v, self_values, None)
+    gains = step_gains(spec, pre_k, grad_at)
     new, mom = {}, {}
     for n in names:
         e, p = factors[n]
-        step, scale = weight_step(spec, eta, e, p)
+        step, scale = weight_step(spec, eta, e, p, gains.get(n))
         dgd = spec.rule == "dgd" and n == first
         new[n], s = weight_token_update(
             spec, cur[n], state.get(f"{n}_mom"), e, p, _gate(step), _gate(scale), _gate(alpha), _gate(beta),

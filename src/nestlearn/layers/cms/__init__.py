@@ -27,14 +27,13 @@ The update signal (``signal``, D13) says what changes the level's weights (Eq 71
 
 The 1/(C·d) factor of η [Interp; D13 leaves the values of η open] keeps the summed step of a chunk
 scale-free: the C gradients of a chunk are taken at the same point and each grows with
-‖n(·)‖² = d, so an unscaled η that works for one (C, d) diverges for another. A write is the
-associative-memory primitive of :mod:`nestlearn.memory` with plain GD: a level is the non-residual
-MLP memory applied to n(k) with objective L2 and target v − k (``kv``), or applied to n(x) with
-objective ``dot`` and value −u (``lss``), and its inner gradients are the closed forms of spec §5.8
-(:func:`write_factors`, which also gives the SwiGLU form's). Only the chain of chunk-start weights
-is sequential (each chunk's gradients are taken at its own start weights); each chunk's reads and
-write share their matrix products (:func:`chunk_terms`), and a batch-shared weight (the initial
-state) is read with ordinary, not per-sample, products.
+‖n(·)‖² = d, so an unscaled η that works for one (C, d) diverges for another. A level that writes
+is a memory of the primitive (:mod:`nestlearn.memory`, run by its ``memory_scan``): the
+non-residual MLP memory (kind ``"mlp"`` or ``"swiglu"``) with plain GD, read at its chunk's
+boundary state, applied to n(k) with objective L2 and value v − k (``kv``), or to n(x) with
+objective ``dot`` and value −u (``lss``). Its closed-form inner gradients (spec §5.8) and its
+chunk step are those of Titans and the self-modifying memories; only the chain of chunk-start
+weights is sequential.
 A level with η_max = 0 (or under ``optimizer``) holds no fast state and reads its initial weights
 directly: it is the static MLP (spec §6.4: η → 0 reduces to the pre-trained model), computed with
 the same unbatched products as an ordinary MLP layer.
@@ -45,14 +44,13 @@ state, written at level s's frequency with level s+1's own signal and rule [Inte
 ``"independent"`` (Eq 74: levels read the same input; a softmax-weighted sum aggregates them).
 Levels are listed slowest first (D14); ``order="fast_first"`` reverses the application order only.
 
-Chunks are aligned to absolute positions, and a partial chunk's pending write is carried in the
-state, so a stream processed in segments equals one pass. The token-by-token oracle is
+Chunks are aligned to absolute positions, and a partial chunk's writes are carried in the state
+beside the chunk-start weights the level reads, so a stream processed in segments equals one pass. The token-by-token oracle is
 :func:`nestlearn.layers.cms.naive.cms_reference`, in its own file. The ``optimizer`` signal has no nested
 variant (a level without fast state has no initial state to re-initialise from).
 """
 
 
-from nestlearn.layers.cms.chunk import ChunkTerms, chunk_terms, pack_weights, swiglu_apply, unpack_weights, write_factors
 from nestlearn.layers.cms.config import (
     ACTIVATIONS,
     CMS_STEP_NORMS,
@@ -69,7 +67,6 @@ from nestlearn.layers.cms.level import CMSLevel
 from nestlearn.layers.cms.lss import LSSRecord, lss_write
 
 __all__ = [
-    "ACTIVATIONS", "CMS", "CMS_STEP_NORMS", "CMSConfig", "CMSLevel", "ChunkTerms", "LEVEL_ASSIGNMENTS", "LEVEL_FORMS",
-    "LSSRecord", "ORDERS", "SIGNALS", "State", "VARIANTS", "chunk_terms", "depth_group_chunk_sizes", "lss_write",
-    "pack_weights", "swiglu_apply", "unpack_weights", "write_factors",
+    "ACTIVATIONS", "CMS", "CMS_STEP_NORMS", "CMSConfig", "CMSLevel", "LEVEL_ASSIGNMENTS", "LEVEL_FORMS",
+    "LSSRecord", "ORDERS", "SIGNALS", "State", "VARIANTS", "depth_group_chunk_sizes", "lss_write",
 ]

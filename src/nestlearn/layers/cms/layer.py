@@ -1,25 +1,27 @@
-"""The CMS module: a chain (or sum) of levels, each read with chunk-start weights and written at chunk ends."""
+"""The CMS module: a chain (or sum) of levels, each a memory read at its chunk's boundary and written at chunk ends."""
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import torch
 from torch import nn
 
 from nestlearn.errors import ConfigError
-from nestlearn.layers.cms.chunk import State, Tensor, accumulate, minus, pack_weights, subtract, unpack_weights
 from nestlearn.layers.cms.config import CMSConfig
-from nestlearn.layers.cms.level import CMSLevel
+from nestlearn.layers.cms.level import CMSLevel, State, Tensor
 from nestlearn.layers.cms.lss import LSSRecord, lss_read
-from nestlearn.memory import chunk_bounds, monitor
-
+from nestlearn.memory import MemorySpec, chunk_bounds, split_chunks
+from nestlearn.memory.step import memory_forward
 
 class CMS(nn.Module):
     """A Continuum Memory System over width ``d_model`` (see the module docstring).
 
-    State keys per level i, for each fast weight W{j} of the level (j = 1, 2, and 3 for SwiGLU):
-    ``{i}.W{j}`` (the fast weight), ``{i}.G{j}`` (the pending write of the current partial chunk)
-    and, in the nested variant for levels i ≥ 1, ``{i}.I{j}``, ``{i}.H{j}`` (the fast initial state
-    and its pending write). Static levels (η_max = 0, or the ``optimizer`` signal) have no state.
+    State keys per level i that writes: the level's memory state (:func:`nestlearn.memory.memory_scan`)
+    under ``{i}.``: ``{i}.W1``, ``{i}.W2`` (the weights with the current chunk's writes applied) and
+    ``{i}.W1_b``, ``{i}.W2_b`` (the weights at the chunk's start, which the level reads); in the
+    nested variant for levels i ≥ 1 also the fast initial state's, under ``{i}.init.``. Static
+    levels (η_max = 0, or the ``optimizer`` signal) have no state.
     """
 
     def __init__(self, d_model: int, cfg: CMSConfig, eps: float = 1e-6):
@@ -43,14 +45,26 @@ class CMS(nn.Module):
         for i, level in enumerate(self.levels):
             if level.static:
                 continue
+            prefixes = [f"{i}."] + ([f"{i}.init."] if self.nested(i) else [])
             for name, p in level.initial.items():
-                j = name[1:]
-                state[f"{i}.{name}"] = p.to(device=device, dtype=dtype).expand(batch_size, *p.shape)
-                state[f"{i}.G{j}"] = torch.zeros(batch_size, *p.shape, device=device, dtype=dtype)
-                if self.cfg.variant == "nested" and i > 0:
-                    state[f"{i}.I{j}"] = state[f"{i}.{name}"]
-                    state[f"{i}.H{j}"] = torch.zeros(batch_size, *p.shape, device=device, dtype=dtype)
+                w = p.to(device=device, dtype=dtype).expand(batch_size, *p.shape)
+                for prefix in prefixes:
+                    state[prefix + name] = state[f"{prefix}{name}_b"] = w
         return state
+
+    def nested(self, i: int) -> bool:
+        """Whether level i is re-initialised from a fast initial state (Eq 72: nested, below the slowest)."""
+        return self.cfg.variant == "nested" and i > 0
+
+    def init_spec(self, i: int) -> MemorySpec:
+        """The memory of level i's fast initial state (nested variant): the level's memory, written with
+        the level's keys, values and steps but at the slower level's chunk size (Eq 72)."""
+        return replace(self.levels[i].spec, chunk_size=self.cfg.chunk_sizes[i - 1])
+
+    @staticmethod
+    def memory_state(state: State, prefix: str, spec: MemorySpec) -> State:
+        """The memory state stored under ``prefix`` (``"{i}."`` or ``"{i}.init."``), by its own names."""
+        return {n: state[prefix + n] for n in spec.state_names}
 
     def _apply_order(self) -> list[int]:
         idx = list(range(len(self.levels)))
@@ -93,71 +107,54 @@ class CMS(nn.Module):
 
     def _level_scan(self, i: int, x: Tensor, state: State, pos: int, u: dict[int, Tensor] | None,
                     tape: dict[int, list[LSSRecord]] | None, keep_state: bool = True) -> tuple[Tensor, State]:
-        """Run level i over x chunk by chunk: read with chunk-start weights, write at chunk ends (Eq 71).
+        """Run level i over x: its memory reads at each chunk's start weights and writes at chunk ends (Eq 71).
 
-        What stays sequential is the chain of chunk-start weights θ_{c+1} = θ_c − Σ_{t∈c} η_t g_t(θ_c):
-        each chunk's gradients are taken at θ_c. Everything that does not depend on θ (n(x), k, v,
-        n(k), η) is computed for all tokens at once; per chunk the reads and the write share two
-        matrix products (:func:`chunk_terms`) and the write is one fused product per weight. The
-        last chunk's write only reaches the returned state, so with gradients on it is kept out of
-        the read's products (the outer backward pass then skips it; without gradients, as in
-        decoding, one shared product is cheaper), and without ``keep_state`` it is not computed.
+        The level is one :func:`~nestlearn.memory.memory_scan` (or a one-token
+        :func:`~nestlearn.memory.step.memory_step`) of its memory: query n(x), with the key, value
+        and step of :meth:`CMSLevel.write_inputs`. In the nested variant the call is cut at the
+        slower level's chunk ends, where the level restarts from its fast initial state, itself a
+        memory written by the same keys, values and steps at the slower level's frequency (Eq 72).
         """
         level = self.levels[i]
         if level.static:
-            return level.read(level.initial, x), {}
-        names = list(level.initial)
+            return level.static_read(x), {}
         x_norm = level.norm(x)
         if level.signal == "lss" and u is None:
             return lss_read(self, i, x, x_norm, state, pos, tape)
-        batch, form = x.shape[0], level.form
-        w = pack_weights(form, {n: state[f"{i}.{n}"] for n in names})
-        g = pack_weights(form, {n: state[f"{i}.G{n[1:]}"] for n in names})
-        nested = self.cfg.variant == "nested" and i > 0
-        slow = self.cfg.chunk_sizes[i - 1] if nested else 0
-        if nested:
-            init = pack_weights(form, {n: state[f"{i}.I{n[1:]}"] for n in names})
-            h = pack_weights(form, {n: state[f"{i}.H{n[1:]}"] for n in names})
-        key, target, eta = level.write_inputs(x, x_norm, u.get(i) if u is not None else None)
-        bounds = chunk_bounds(pos, x.shape[1], level.chunk_size)
-        sizes = [end - start for start, end in bounds]
-        # split, not slices: a slice's backward fills a zero tensor of the whole sequence per chunk.
-        pieces = [t.split(sizes, dim=1) for t in (x, x_norm, target, eta)]
-        keys = pieces[1] if level.signal == "lss" else key.split(sizes, dim=1)
+        key, value, eta = level.write_inputs(x, x_norm, u.get(i) if u is not None else None)
+        spec, tag = level.spec, f"cms{i}"
+        mem = self.memory_state(state, f"{i}.", spec)
+        if not self.nested(i):
+            out, mem = memory_forward(spec, mem, x_norm, key, value, eta, pos=pos, final_state=keep_state, tag=tag)
+            return self._record(i, x + out, x_norm, eta, pos, tape), {f"{i}.{n}": t for n, t in mem.items()}
+        init_spec = self.init_spec(i)
+        init = self.memory_state(state, f"{i}.init.", init_spec)
+        bounds = chunk_bounds(pos, x.shape[1], init_spec.chunk_size)
+        pieces = split_chunks(bounds, (x_norm, key, value), dim=1) + split_chunks(bounds, (eta,), dim=1)
         outs = []
-        mon = monitor.active()
         for c, (start, end) in enumerate(bounds):
-            xs, xn, tg, et = (p[c] for p in pieces)
-            if c == len(bounds) - 1 and not keep_state:
-                outs.append(xs + level.terms(w, xn, keys[c], tg, et, write=False).out)
-                return torch.cat(outs, dim=1), {}
-            if c == len(bounds) - 1 and keys[c] is not xn and torch.is_grad_enabled():
-                terms = level.terms(w, xn, keys[c], tg, et, write=False)
-                factors = level.terms(w, xn, keys[c], tg, et, read=False).factors
-            else:
-                terms = level.terms(w, xn, keys[c], tg, et)
-                factors = terms.factors
-            y = xs + terms.out
-            if tape is not None:
-                tape.setdefault(i, []).append(LSSRecord(keys[c], et, y, terms.pre))
-            outs.append(y)
-            if mon is not None:  # the chunk-start weights this chunk read with (design.md S6)
-                mon.observe(f"cms{i}", pos + start, w, y)
-            if nested:
-                h = accumulate(h, level.terms(init, xn, keys[c], tg, et, read=False).factors)
-            if (pos + end) % level.chunk_size == 0:
-                w, g = subtract(minus(w, g), factors), None
-            else:
-                g = accumulate(g, factors)
-            if nested and (pos + end) % slow == 0:
-                # Eq 72: the slower level's boundary writes the initial state, then restarts this level from it.
-                init, h = minus(init, h), None
-                w = dict(init)
-        out = {}
-        for kind, packed in (("", w), ("G", g)) + ((("I", init), ("H", h)) if nested else ()):
-            full = unpack_weights(form, packed, batch) if packed is not None else None
-            for n in names:
-                j = n[1:]
-                name = f"{i}.{n}" if kind == "" else f"{i}.{kind}{j}"
-                out[name] = full[n] if full is not None else torch.zeros_like(state[name])
-        return torch.cat(outs, dim=1), out
+            last, restart = c == len(bounds) - 1, (pos + end) % init_spec.chunk_size == 0
+            part = [p[c] for p in pieces]
+            # At a restart the level's own last write is replaced, so it is not computed.
+            out, mem = memory_forward(spec, mem, *part, pos=pos + start, tag=tag,
+                                      final_state=not restart and (keep_state or not last))
+            outs.append(out)
+            if keep_state or not last:
+                _, init = memory_forward(init_spec, init, *part, pos=pos + start, outputs=False, tag=f"{tag}.init")
+            if restart:
+                mem = dict(init)
+        new = {f"{i}.{n}": t for n, t in mem.items()} | {f"{i}.init.{n}": t for n, t in init.items()}
+        return self._record(i, x + torch.cat(outs, dim=1), x_norm, eta, pos, tape), (new if keep_state else {})
+
+    def _record(self, i: int, y: Tensor, x_norm: Tensor, eta: Tensor, pos: int,
+                tape: dict[int, list[LSSRecord]] | None) -> Tensor:
+        """y, with one :class:`LSSRecord` per chunk of an ``lss`` level appended to ``tape`` when a
+        tape comes with the values u (the naive driver, :func:`nestlearn.models.lss.lss_reference`,
+        takes ∂L_c/∂y chunk by chunk); y is then rebuilt from the recorded pieces, so that each
+        piece lies on the path from the level to the loss."""
+        if tape is None or self.levels[i].signal != "lss":
+            return y
+        sizes = [end - start for start, end in chunk_bounds(pos, y.shape[1], self.levels[i].chunk_size)]
+        pieces = y.split(sizes, dim=1)
+        tape.setdefault(i, []).extend(map(LSSRecord, x_norm.split(sizes, dim=1), eta.split(sizes, dim=1), pieces))
+        return torch.cat(pieces, dim=1)

@@ -1,4 +1,4 @@
-"""One CMS level's slow parameters: norm gain, initial fast weights, k/v projections, η gate."""
+"""One CMS level: its slow parameters, and the associative memory (:class:`MemorySpec`) its writes run."""
 
 from __future__ import annotations
 
@@ -8,20 +8,28 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nestlearn.layers.cms.chunk import ChunkTerms, State, Tensor, apply_linear, chunk_terms, swiglu_apply
 from nestlearn.layers.cms.config import CMSConfig
 from nestlearn.layers.norm import RMSNorm
-from nestlearn.memory import MemorySpec, activation, compiled, logit
+from nestlearn.memory import MemorySpec, activation, logit
 from nestlearn.optim.periodic import STEP_PERIOD_ATTR
+
+Tensor = torch.Tensor
+State = dict[str, Tensor]
 
 
 class CMSLevel(nn.Module):
     """The slow parameters of one level: norm gain, initial fast weights, k/v projections, η gate.
 
     Initial fast weights: ``w_in``, ``w_out`` (form ``"mlp"``) or ``w_gate``, ``w_up``, ``w_down``
-    (form ``"swiglu"``); :attr:`initial` names them by their state keys W1, W2(, W3). The k/v
-    projections exist for the ``kv`` signal, the η gate for ``kv`` and ``lss``. Under the
-    ``optimizer`` signal the level has neither and is tagged with its step period.
+    (form ``"swiglu"``); :attr:`initial` gives them as the memory's weights W1 (the output matrix)
+    and W2 (the input matrix; for SwiGLU the stack [W_gate; W_up]). The k/v projections exist for
+    the ``kv`` signal, the η gate for ``kv`` and ``lss``. Under the ``optimizer`` signal the level
+    has neither and is tagged with its step period.
+
+    A level that writes is the primitive's non-residual MLP memory (kind ``"mlp"`` or ``"swiglu"``)
+    with plain GD and a read at its chunk's boundary state (Eq 71): query n(x); key n(k) and value
+    v − k under objective L2 (``kv``), or key n(x) and value −u under ``dot`` (``lss``); step η_t,
+    normalised per weight by its curvature with W_in's gain (``bounded``, design.md S3).
 
     Args:
         d_model: width d.
@@ -42,9 +50,10 @@ class CMSLevel(nn.Module):
         # Without per-weight normalisation the 1/d stands in for the key's ‖n(k)‖² = d (D13's scale).
         self.eta_scale = cfg.eta_max / (period * (d_model if cfg.step_norm == "none" else 1)) if writes else 0.0
         self.eta_init = cfg.eta_init
-        self.spec = MemorySpec(kind="mlp", objective="l2" if cfg.signal == "kv" else "dot", rule="gd",
-                               momentum="none", chunk_size=period, activation=cfg.activation, residual=False,
-                               step_norm=cfg.step_norm, write_bound=cfg.write_bound, field="cms")
+        self.spec = MemorySpec(kind=cfg.level_form, objective="l2" if cfg.signal == "kv" else "dot", rule="gd",
+                               momentum="none", chunk_size=period, read="boundary", activation=cfg.activation,
+                               residual=False, step_norm=cfg.step_norm, curvature="gain",
+                               write_bound=cfg.write_bound, field="cms")
         self.norm = RMSNorm(d_model, eps)
         if self.form == "mlp":
             self.w_in = nn.Parameter(torch.empty(hidden, d_model))
@@ -62,60 +71,45 @@ class CMSLevel(nn.Module):
 
     @property
     def initial(self) -> State:
-        """State key -> initial fast weight: W1 is the output matrix, W2 (and W3) the input ones."""
+        """The memory's initial weights: W1 the output matrix, W2 the input one ([W_gate; W_up] for SwiGLU)."""
         if self.form == "mlp":
             return {"W1": self.w_out, "W2": self.w_in}
-        return {"W1": self.w_down, "W2": self.w_gate, "W3": self.w_up}
+        return {"W1": self.w_down, "W2": torch.cat((self.w_gate, self.w_up))}
 
     def reset_special_parameters(self) -> None:
-        init = self.initial
-        for name in ("W2", "W3")[:len(init) - 1]:
-            nn.init.normal_(init[name], std=1.0 / math.sqrt(init[name].shape[1]))
-        w_out = init["W1"]
+        inputs = (self.w_in,) if self.form == "mlp" else (self.w_gate, self.w_up)
+        for w in inputs:
+            nn.init.normal_(w, std=1.0 / math.sqrt(w.shape[1]))
+        w_out = self.w_out if self.form == "mlp" else self.w_down
         nn.init.normal_(w_out, std=0.02 / math.sqrt(w_out.shape[1] / w_out.shape[0]))
         if self.eta is not None:
             nn.init.zeros_(self.eta.weight)
             nn.init.constant_(self.eta.bias, logit(self.eta_init))
 
-    def read(self, weights: State, x: Tensor, x_norm: Tensor | None = None) -> Tensor:
-        """F(x) with fixed weights (state names): x (B, n, d) -> (B, n, d); ``x_norm`` is n(x) if already computed.
-
-        With the unbatched initial weights this is exactly the static MLP, the same products as
-        :class:`~nestlearn.layers.mlp.SwiGLU` for the SwiGLU form (spec §6.4).
-        """
-        x_norm = self.norm(x) if x_norm is None else x_norm
+    def static_read(self, x: Tensor) -> Tensor:
+        """F(x) with the initial weights: x (B, n, d) -> (B, n, d), exactly the static MLP's products
+        (those of :class:`~nestlearn.layers.mlp.SwiGLU` for the SwiGLU form, spec §6.4)."""
+        z = self.norm(x)
         if self.form == "mlp":
-            return x + apply_linear(activation(self.spec.activation, apply_linear(x_norm, weights["W2"])), weights["W1"])
-        return x + swiglu_apply(weights, x_norm)
+            return x + F.linear(activation(self.spec.activation, F.linear(z, self.w_in)), self.w_out)
+        return x + F.linear(F.silu(F.linear(z, self.w_gate)) * F.linear(z, self.w_up), self.w_down)
 
     def write_inputs(self, x: Tensor, x_norm: Tensor | None = None, u: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
-        """The parts of the write that do not depend on the fast weights, for all tokens of x (B, n, d).
+        """The memory's key, value and step for all tokens of x (B, n, d).
 
         Args:
             x: (B, n, d) the level's input; x_norm: n(x) if already computed.
             u: (B, n, d) the ``lss`` value ∂L_c/∂y (required for ``lss``, unused for ``kv``).
 
         Returns:
-            the inner key: n(k) (``kv``) or n(x) itself (``lss``, the same tensor, so that
-            :func:`chunk_terms` shares the read's products), (B, n, d); the inner value: v − k
-            (``kv``) or −u (``lss``), (B, n, d); η: (B, n, 1).
+            the key: n(k) (``kv``) or n(x) (``lss``), (B, n, d); the value: v − k (``kv``) or −u
+            (``lss``), (B, n, d); η: (B, n).
         """
-        eta = self.eta_of(x).unsqueeze(-1)
+        eta = self.eta_of(x)
         if self.signal == "lss":
             return (self.norm(x) if x_norm is None else x_norm), -u, eta
         k, v = F.linear(x, torch.cat((self.key.weight, self.value.weight))).chunk(2, dim=-1)
         return self.norm(k), v - k, eta
-
-    def terms(self, weights: State, x_norm: Tensor, key: Tensor, target: Tensor, eta: Tensor,
-              read: bool = True, write: bool = True) -> ChunkTerms:
-        """:func:`chunk_terms` with this level's form, activation, objective and steps (packed weights)."""
-        return compiled(chunk_terms)(self.form, self.spec.activation, self.spec.objective, weights, x_norm, key,
-                                     target, eta, read, write, self.step)
-
-    @property
-    def step(self) -> MemorySpec | None:
-        """The spec that gives each weight its own step, or None for the plain η_t (``step_norm="none"``)."""
-        return None if self.spec.step_norm == "none" and self.spec.write_bound <= 0 else self.spec
 
     def eta_of(self, x: Tensor) -> Tensor:
         """η_t: (B, n, d) -> (B, n)."""

@@ -44,11 +44,9 @@ from nestlearn.layers.self_modifying.layer import (
     CONV_WIDTH,
     SelfModifyingTitans,
     State,
-    boundary_weights,
     merge_heads,
     repeat_groups,
     split_heads,
 )
 
-__all__ = ["CONV_WIDTH", "GROUPS", "SelfModConfig", "SelfModifyingTitans", "State", "boundary_weights",
-           "merge_heads", "repeat_groups", "split_heads"]
+__all__ = ["CONV_WIDTH", "GROUPS", "SelfModConfig", "SelfModifyingTitans", "State", "merge_heads", "repeat_groups", "split_heads"]

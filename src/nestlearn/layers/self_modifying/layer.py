@@ -11,7 +11,7 @@ from torch import nn
 from nestlearn.layers.norm import RMSNorm
 from nestlearn.layers.self_modifying.config import GROUPS, SelfModConfig
 from nestlearn.layers.titans import causal_depthwise_conv
-from nestlearn.memory import chunk_bounds, init_memory_state, logit, memory_apply, split_chunks
+from nestlearn.memory import boundary_weights, chunk_bounds, init_memory_state, logit, memory_apply, split_chunks
 from nestlearn.memory.step import memory_forward
 
 Tensor = torch.Tensor
@@ -37,12 +37,6 @@ def repeat_groups(x: Tensor | None, groups: int) -> Tensor | None:
     if x is None or groups == 1:
         return x
     return x.repeat(1, groups, *([1] * (x.dim() - 2)))
-
-
-def boundary_weights(state: State, pos: int, chunk_size: int) -> State:
-    """The weights at the last chunk boundary b(t) for a token at absolute position ``pos`` (D4)."""
-    at_boundary = pos % chunk_size == 0
-    return {n: state[n] if at_boundary else state[f"{n}_b"] for n in ("W1", "W2")}
 
 
 class SelfModifyingTitans(nn.Module):
@@ -238,7 +232,7 @@ class SelfModifyingTitans(nn.Module):
         cols: list[tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None]] = []
         for i, (start, _) in enumerate(bounds):
             at = pos + start
-            bnd = {g: boundary_weights(gen[g], at, cfg.chunk_size_other) for g in gen}
+            bnd = {g: boundary_weights(gen[g], at, cfg.chunk_size_other, ("W1", "W2")) for g in gen}
             q, k, v, eta, alpha, cache = self.generate(xs_parts[i], {n: p[i] for n, p in static_parts.items()},
                                                        bnd.get("proj"), bnd["gate"], cache)
             if keep_state or i < len(bounds) - 1:
