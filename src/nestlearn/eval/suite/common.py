@@ -132,6 +132,18 @@ def pct(mean: float, std: float | None = None) -> str:
     return text if not std else f"{text} ± {100 * std:.1f}"
 
 
+def calibration(score: float, where: str) -> tuple[str, bool]:
+    """The verdict on whether a task can rank models from its strongest baseline's score at the
+    easiest setting (tasks.md §1), and whether it may: below 50 % uninformative (no ranking), below
+    90 % tentative, else learned. ``where`` names the baseline and its score; a comparison in which no
+    baseline learns the task says nothing about Hope."""
+    if not score >= UNINFORMATIVE:
+        return f"**uninformative at this budget**: {where}, below {pct(UNINFORMATIVE)} %; no ranking", False
+    if score < LEARNED:
+        return f"below the {pct(LEARNED)} % bar: {where}; the ranking is tentative", True
+    return f"learned: {where} (bar {pct(LEARNED)} %)", True
+
+
 def nonfinite(losses: Sequence[float]) -> int:
     """How many training steps had a non-finite loss (skipped by fit_task)."""
     return sum(not math.isfinite(x) for x in losses)

@@ -27,10 +27,9 @@ from nestlearn.data.synthetic.base import TaskBatch
 from nestlearn.eval.suite import Section
 from nestlearn.eval.suite.common import (
     HOPE_ROWS,
-    LEARNED,
     NAMES,
-    UNINFORMATIVE,
     behaviour_digest,
+    calibration,
     command,
     mean_std,
     nonfinite,
@@ -191,12 +190,9 @@ def verdict(result: dict[str, Any]) -> tuple[str, bool]:
     pool = [f for f in s["models"] if f not in HOPE_ROWS] or list(s["models"])
     best = max(pool, key=lambda f: np.nan_to_num(cell(result, f, easiest)[0], nan=-1.0))
     score = cell(result, best, easiest)[0]
-    where = f"the strongest baseline, {NAMES[best]}, reaches {pct(score)} % at D={s['settings'][0][1]}"
-    if not score >= UNINFORMATIVE:
-        return f"**Uninformative at this budget**: {where}, below {pct(UNINFORMATIVE)} %; no ranking.", False
-    if score < LEARNED:
-        return f"**Below the {pct(LEARNED)} % bar**: {where}; the ranking below is tentative.", True
-    return f"The task is learned: {where} (bar {pct(LEARNED)} %).", True
+    text, may_rank = calibration(score, f"the strongest baseline, {NAMES[best]}, reaches {pct(score)} % at "
+                                        f"D={s['settings'][0][1]}")
+    return f"The task is {text}.", may_rank
 
 
 def _best_table(result: dict[str, Any], keys: list[str]) -> list[str]:

@@ -19,10 +19,9 @@ from nestlearn.data.synthetic import derive_seed, generate
 from nestlearn.data.synthetic.base import TaskBatch
 from nestlearn.eval.suite.common import (
     HOPE_ROWS,
-    LEARNED,
     NAMES,
-    UNINFORMATIVE,
     behaviour_digest,
+    calibration,
     mean_std,
     nonfinite,
     pct,
@@ -199,14 +198,8 @@ def verdicts(result: dict[str, Any], label: Callable[[str], str]) -> list[str]:
     lines = []
     for t in s["tasks"]:
         score, best = max((cell(result, f, t, shortest, "ranking")[0], f) for f in pool)
-        where = f"the strongest baseline, {NAMES[best]}, ranks {pct(score)} % at {shortest} bytes"
-        if not score >= UNINFORMATIVE:
-            lines.append(f"- {label(t)}: **uninformative at this budget**: {where}, below {pct(UNINFORMATIVE)} %; "
-                         "no model is ranked on it.")
-        elif score < LEARNED:
-            lines.append(f"- {label(t)}: below the {pct(LEARNED)} % bar: {where}; rankings are tentative.")
-        else:
-            lines.append(f"- {label(t)}: learned: {where}.")
+        text, _ = calibration(score, f"the strongest baseline, {NAMES[best]}, ranks {pct(score)} % at {shortest} bytes")
+        lines.append(f"- {label(t)}: {text}.")
     return lines
 
 
