@@ -121,17 +121,18 @@ def boundary_terms(spec: MemorySpec, weights: State, k: Tensor, v: Tensor, self_
         target = pres[1] if self_values else v
         return {"W": (pre_k - target if l2 else -target, k)}, pre_k, pre_q
     read = read and q is not None
-    # The rows whose output W₁ h(p) is needed: k for the L2 error, v for self-generated targets, q for a read.
-    wanted = [l2] + ([True] if self_values else []) + ([read] if q is not None else [])
-    used = len(rows) if read else len(rows) - (q is not None)
-    act_all = hidden(spec, pre if used == len(rows) else torch.cat(pres[:used], dim=-2) if used > 1 else pre_k)
-    acts = act_all.split(sizes[:used], dim=-2)
+    # The rows whose hidden layer is needed (all but q unless it is read), and those whose output
+    # W₁ h(p) is: k for the L2 error, v for self-generated targets, q for a read.
+    n_act = len(rows) - (q is not None and not read)
+    act_all = hidden(spec, pre.narrow(-2, 0, sum(sizes[:n_act])))
+    acts = act_all.split(sizes[:n_act], dim=-2)
     act, w1 = acts[0], shared_weight(weights["W1"])
+    wanted = [i for i, w in enumerate([l2] + [True] * self_values + [read] * (q is not None)) if w]
     outs = [None] * len(rows)
-    idx = [i for i, w in enumerate(wanted) if w]
-    if idx:
-        joined = act_all if len(idx) == used else torch.cat([acts[i] for i in idx], dim=-2) if len(idx) > 1 else acts[idx[0]]
-        for i, o in zip(idx, (joined @ w1.mT).split([sizes[i] for i in idx], dim=-2)):
+    if wanted:
+        joined = (act_all if len(wanted) == n_act else acts[wanted[0]] if len(wanted) == 1
+                  else torch.cat([acts[i] for i in wanted], dim=-2))
+        for i, o in zip(wanted, (joined @ w1.mT).split([sizes[i] for i in wanted], dim=-2)):
             outs[i] = o
     out_k = outs[0]
     if self_values:
