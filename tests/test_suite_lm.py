@@ -149,7 +149,7 @@ def test_the_models_table_tunes_each_family_on_the_grid_and_reports_its_best_rat
     assert best_rates(grid + later) == {"hope": 3e-3} and summarise(grid + later)["models"]["hope"]["lr"] == 3e-3
     edge = summarise([result("titans", 1e-3, 2.3), result("titans", 3e-3, 2.1), result("titans", 6e-3, 2.0)])
     assert "Best rate at an end of the grid, which then may not bracket the family's best: titans (0.006)" in \
-        markdown(edge, FULL, "cmd")
+        markdown(edge, replace(FULL, lrs=(1e-3, 3e-3, 6e-3)), "cmd")
 
 
 def test_stored_only_reports_the_finished_rows_and_trains_nothing(tmp_path, monkeypatch):
@@ -167,6 +167,9 @@ def test_stored_only_reports_the_finished_rows_and_trains_nothing(tmp_path, monk
     monkeypatch.setattr(lm, "train_row", refuse)
     rows = run(budget, tmp_path, tables=("models",), isolate=False, stored_only=True)
     assert sorted(r["key"] for r in rows) == ["gated_deltanet", "hope_attention", "titans", "transformer"]
+    assert lm.unstored(budget, ("models",), rows) == 1  # Hope's row
+    ablations = sum(r.table == "ablations" for r in lm.plan(budget, {}))
+    assert ablations and lm.unstored(budget, ("models", "ablations"), rows) == 1 + ablations
 
 
 def test_peak_memory_is_the_process_own_and_an_unmeasured_peak_prints_a_dash():
