@@ -23,6 +23,7 @@ from timing import cpu_settings
 
 from nestlearn.data.kjv import kjv_splits
 from nestlearn.layers.cms import CMS
+from nestlearn.memory import memory_apply
 from nestlearn.models.lm import CausalLM
 from nestlearn.train.config import load_run_config
 
@@ -44,8 +45,9 @@ def level_motion(model: CausalLM, ids: torch.Tensor) -> list[dict]:
         for i, level in enumerate(cms.levels):
             if level.static:
                 continue
-            before = level.read({n: start[f"{i}.{n}"] for n in level.initial}, x) - x
-            after = level.read({n: end[f"{i}.{n}"] for n in level.initial}, x) - x
+            z, names = level.norm(x), level.spec.weight_names
+            before = memory_apply(level.spec, {n: start[f"{i}.{n}"] for n in names}, z)
+            after = memory_apply(level.spec, {n: end[f"{i}.{n}"] for n in names}, z)
             rows.append({"level": i, "chunk_size": level.chunk_size, "eta": float(level.eta_of(x).mean()),
                          "output_change": float((after - before).norm() / before.norm())})
     return rows

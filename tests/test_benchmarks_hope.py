@@ -152,3 +152,15 @@ def test_hope_ops_counts_every_part_and_each_memory_chunk(bench):
     assert counts["memory chunk calls (C = 4)"] == 8 and counts["memory chunk calls (C = 8)"] == 2 * 3 + 4
     assert counts["memory chunk calls (C = 16)"] == 2
     assert bench("hope_ops").main(["--model", "quick", "--batch", "2", "--seq", "32"]) == counts  # deterministic
+
+
+def test_cms_in_context_measures_each_writing_level(bench):
+    """benchmarks/cms_in_context.py (design.md S7) reads the levels' weights from the memory state."""
+    from nestlearn.models.lm import CausalLM, model_config_from_dict
+
+    hope_quick = bench("hope_throughput").HOPE_QUICK
+    torch.manual_seed(0)
+    model = CausalLM(model_config_from_dict({"family": "hope", **hope_quick, "vocab_size": 256, "max_seq_len": 64}))
+    rows = bench("cms_in_context").level_motion(model, torch.randint(0, 256, (2, 48)))
+    assert [r["chunk_size"] for r in rows] == list(hope_quick["cms"]["chunk_sizes"])
+    assert all(r["eta"] > 0 and r["output_change"] > 0 for r in rows)
