@@ -39,8 +39,8 @@ def lss_read(cms: CMS, i: int, x: Tensor, x_norm: Tensor, state: State, pos: int
     if pos % level.chunk_size + x.shape[1] > level.chunk_size:
         raise ValueError(f"CMS level {i}: positions {pos}..{pos + x.shape[1] - 1} cross a chunk end of "
                          f"C={level.chunk_size}; the lss driver must split the input at chunk ends")
-    names = level.spec.weight_names
-    weights = boundary_weights({n: state[f"{i}.{n}"] for n in level.spec.state_names}, pos, level.chunk_size, names)
+    weights = boundary_weights(cms.memory_state(state, f"{i}.", level.spec), pos, level.chunk_size,
+                               level.spec.weight_names)
     y = x + memory_apply(level.spec, weights, x_norm)
     if not y.requires_grad:  # u = ∂L_c/∂y needs y in a graph even when nothing upstream is trained
         y.requires_grad_(True)

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from nestlearn.layers.cms import CMS, CMSLevel, State
-from nestlearn.memory import activation, inner_gradients
+from nestlearn.memory import activation, inner_gradients, output_gain_autograd
 
 Tensor = torch.Tensor
 
@@ -117,7 +117,8 @@ def _inner_grads(level: CMSLevel, w: State, x: Tensor, u: Tensor | None) -> tupl
     """Per-sample g for one token x (B, 1, d), by autograd of the literal inner loss
     (:func:`nestlearn.memory.inner_gradients`), and each weight's curvature (B, 1, 1): ‖a‖² for W₁
     (its input, the hidden activations), ‖n(k)‖²·‖∂F/∂p‖²_F for W₂ (its input times the squared
-    Jacobian of the level's output with respect to its output p, by autograd).
+    Jacobian of the level's output with respect to its output p, by autograd: the references' shared
+    :func:`nestlearn.memory.output_gain_autograd`).
 
     ``kv``: ½‖F(k) − v‖² with k = W_k x, v = W_v x; ``lss``: ⟨F(x), u⟩ with u (B, 1, d).
     """
@@ -129,11 +130,6 @@ def _inner_grads(level: CMSLevel, w: State, x: Tensor, u: Tensor | None) -> tupl
         return (out * u).sum() if level.signal == "lss" else 0.5 * (out - level.value(x)).pow(2).sum()
 
     grads = inner_gradients(loss, w)
-    with torch.enable_grad():
-        pre = z @ w["W2"].mT
-        pre = pre if pre.requires_grad else pre.detach().requires_grad_(True)
-        body = _hidden(level, pre) @ w["W1"].mT
-        gain = sum(torch.autograd.grad(body[..., i].sum(), pre, create_graph=True)[0].pow(2).sum((-2, -1), keepdim=True)
-                   for i in range(body.shape[-1]))
     key_sq = z.pow(2).sum((-2, -1), keepdim=True)
-    return grads, {"W1": _hidden(level, pre).pow(2).sum((-2, -1), keepdim=True), "W2": key_sq * gain}
+    return grads, {"W1": _hidden(level, z @ w["W2"].mT).pow(2).sum((-2, -1), keepdim=True),
+                   "W2": key_sq * output_gain_autograd(level.spec, w, z)}
