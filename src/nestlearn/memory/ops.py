@@ -100,7 +100,7 @@ def _gate_products(spec: MemorySpec, eta: Tensor, alpha: Tensor | None, beta: Te
     value inside the chunk needs the other rows: (..., 1, n) and (..., 1) instead of C×C work."""
     alpha = torch.ones_like(eta) if alpha is None else alpha
     if last_only:
-        # Row n of D^α is the suffix products Π_{i=j+1..n} α_i; their first entry, times α_1, is A_n.
+        # suffix[j] = Π_{i≥j} α_i (0-based): row n of D^α is suffix[j + 1], and suffix[0] is A_n.
         suffix = alpha.flip(-1).cumprod(dim=-1).flip(-1)
         d_alpha, a0 = F.pad(suffix[..., 1:], (0, 1), value=1.0).unsqueeze(-2), suffix[..., :1]
     else:
