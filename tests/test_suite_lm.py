@@ -172,6 +172,28 @@ def test_stored_only_reports_the_finished_rows_and_trains_nothing(tmp_path, monk
     assert ablations and lm.unstored(budget, ("models", "ablations"), rows) == 1 + ablations
 
 
+def test_ablations_and_signals_train_at_hopes_chosen_rate(tmp_path, monkeypatch):
+    later = [r for r in plan(FULL, {"hope": 1e-2, "titans": 3e-3}) if r.table in ("ablations", "signals")]
+    assert later and {r.lr for r in later} == {1e-2}
+    assert {r.lr for r in plan(FULL) if r.table == "ablations"} == {None}  # Hope's rate unknown: budget.lr
+
+    # An ablations-only run reads Hope's rate from the stored grid and reports the models beside them.
+    from nestlearn.eval.suite import lm
+
+    budget = replace(QUICK, d_model=16, steps=1, warmup_steps=1, seq_len=16, batch_size=2, eval_tokens=64,
+                     chunk_sizes=(8, 4), selfmod_chunks=(4, 8), threads=1, lrs=(1e-3, 3e-3), seeds=(0,))
+    grid = run(budget, tmp_path, tables=("models",), isolate=False)
+    chosen = best_rates(grid)["hope"]
+    trained = []
+    real = lm.train_row
+    monkeypatch.setattr(lm, "train_row", lambda row, *a: trained.append(row) or real(row, *a))
+    rows = run(replace(budget, ablation_seeds=(0,)), tmp_path, tables=("ablations",), isolate=False)
+    assert trained and {r["table"] for r in trained} == {"ablations"} and {r["lr"] for r in trained} == {chosen}
+    summary = summarise(rows)
+    assert summary["ablations"]["no_cms"]["lr"] == chosen and summary["ablations"]["no_cms"]["grid"] == {}
+    assert f"train at Hope's chosen rate (lr {chosen:g})" in markdown(summary, budget, "cmd")
+
+
 def test_peak_memory_is_the_process_own_and_an_unmeasured_peak_prints_a_dash():
     from nestlearn.eval.suite.lm import peak_rss_mb
 

@@ -164,7 +164,9 @@ def plan(budget: Budget, best: dict[str, float] | None = None) -> list[Row]:
     """Every row of the three tables, in the order they run.
 
     The models table holds each family's first seed at every rate of ``budget.lrs`` and, for the
-    families in ``best`` (family -> chosen rate), its other seeds at that rate.
+    families in ``best`` (family -> chosen rate), its other seeds at that rate. The ablation and signal
+    rows train at Hope's chosen rate, so that each compares with the Hope it varies (``budget.lr``
+    while Hope's rate is not known).
     """
     hope = hope_model(budget)
     target = non_embedding_parameters(hope)
@@ -179,15 +181,16 @@ def plan(budget: Budget, best: dict[str, float] | None = None) -> list[Row]:
     rows = [Row("models", family, label, model, budget.seeds[0], lr=lr) for lr in rates for family, label, model in models]
     rows += [Row("models", family, label, model, seed, lr=best[family])
              for seed in budget.seeds[1:] for family, label, model in models if best and family in best]
+    hope_lr = (best or {}).get("hope")
     for key, label, overrides in ABLATIONS:
         for seed in budget.ablation_seeds:
-            rows.append(Row("ablations", key, label, hope_model(budget, **overrides), seed))
+            rows.append(Row("ablations", key, label, hope_model(budget, **overrides), seed, lr=hope_lr))
     for signal in SIGNALS:
         cms: dict[str, Any] = {"signal": signal}
         if signal == "optimizer":
             cms["step_periods"] = list(budget.step_periods)
         for seed in budget.signal_seeds:
-            rows.append(Row("signals", signal, f"cms.signal = {signal}", hope_model(budget, cms=cms), seed))
+            rows.append(Row("signals", signal, f"cms.signal = {signal}", hope_model(budget, cms=cms), seed, lr=hope_lr))
     return rows
 
 
@@ -375,7 +378,7 @@ def summarise(results: list[dict[str, Any]]) -> dict[str, Any]:
         groups.setdefault((r["table"], r["key"]), []).append(r)
     out: dict[str, Any] = {}
     for (table, key), every in groups.items():
-        rows = [r for r in every if r["lr"] is None or r["lr"] == best[key]]
+        rows = [r for r in every if table != "models" or r["lr"] is None or r["lr"] == best[key]]
         first = min(r["seed"] for r in every)
         scores = [r["result"]["bpb"] for r in rows]
         bpb = _mean_std(scores) if None not in scores else (None, None)
@@ -393,8 +396,10 @@ def summarise(results: list[dict[str, Any]]) -> dict[str, Any]:
             "hidden": mlp_hidden(rows[0]["model"]),
             "switches": _switches(rows), "steps": min(r["result"]["steps"] for r in every),
             "nonfinite_steps": sum(r["result"]["nonfinite_steps"] for r in every),
-            "cpu_min": sum(r["result"]["cpu_min"] for r in every), "lr": best.get(key),
-            "grid": {r["lr"]: r["result"]["bpb"] for r in every if r["lr"] is not None and r["seed"] == first}}
+            "cpu_min": sum(r["result"]["cpu_min"] for r in every),
+            "lr": best.get(key) if table == "models" else rows[0]["lr"],
+            "grid": {r["lr"]: r["result"]["bpb"] for r in every
+                     if table == "models" and r["lr"] is not None and r["seed"] == first}}
     return out
 
 
@@ -427,9 +432,10 @@ def markdown(summary: dict[str, Any], budget: Budget, command: str) -> str:
                          f"{s['cpu_min']:.1f} | {s['tok_s']:.0f} | {_mb(s)} | "
                          f"{PAPER_WIKI_760M.get(key, '—')} |")
         lines.append("")
+        later = sorted({f"{s['lr'] or b.lr:g}" for t in ("ablations", "signals") for s in summary.get(t, {}).values()})
         lines.append("The learning rate of each family is the grid rate with the lowest first-seed bpb; its other "
-                     "seeds train at that rate. The ablation and CMS-signal rows train at "
-                     f"lr {b.lr:g}.")
+                     "seeds train at that rate. The ablation and CMS-signal rows train at Hope's chosen rate"
+                     + (f" (lr {', '.join(later)})." if later else "."))
         edges = [f"{s['label']} ({s['lr']:g})" for s in models.values()
                  if len(b.lrs) > 1 and s["lr"] in (min(b.lrs), max(b.lrs)) and len(s["grid"]) == len(b.lrs)]
         if edges:
@@ -477,18 +483,21 @@ def run(budget: Budget, out_dir: Path, tables: tuple[str, ...] = TABLES,
     """
     settings = {k: v for k, v in asdict(budget).items() if k not in ("seeds", "signal_seeds", "ablation_seeds", "lrs")}
 
-    def train(rows: list[Row]) -> list[dict[str, Any]]:
+    def train(rows: list[Row], stored: bool = stored_only) -> list[dict[str, Any]]:
         cells = {r.name: (asdict(r), asdict(budget), str(out_dir / "runs"), isolate) for r in rows}
         done = run_cells(train_cell, cells, settings, out_dir / "cells", jobs, "lm", digest=cell_digest,
-                         stored_only=stored_only)
+                         stored_only=stored)
         return [{**asdict(r), "result": done[r.name]} for r in rows if r.name in done]
 
     # The grid first: the other seeds of each family need its chosen rate, and the ablation and
-    # signal rows come last because they are the longest part and rank the least.
-    grid = train([r for r in plan(budget) if r.table == "models"]) if "models" in tables else []
+    # signal rows come last because they are the longest part and rank the least. Without the models
+    # table its stored cells still give Hope's rate, at which the ablation and signal rows train.
+    grid = train([r for r in plan(budget) if r.table == "models"], stored_only or "models" not in tables)
     known = {Row(**{k: v for k, v in r.items() if k != "result"}).name for r in grid}
-    rest = [r for r in plan(budget, best_rates(grid)) if r.table in tables and r.name not in known]
-    return grid + train(rest)
+    later = [r for r in plan(budget, best_rates(grid)) if r.name not in known]
+    if "models" not in tables:  # the stored seeds of the models table, which the ablations compare with
+        grid += train([r for r in later if r.table == "models"], True)
+    return grid + train([r for r in later if r.table in tables])
 
 
 def unstored(budget: Budget, tables: tuple[str, ...], results: list[dict[str, Any]]) -> int:
