@@ -527,7 +527,9 @@ def section(quick: bool, out_dir: Path, seed: int = 0, tables: tuple[str, ...] |
     text = markdown(summary, budget, command)
     if compiled := sum(bool(r["result"].get("compiled")) for r in results):
         text += (f"\n{compiled} of the {len(results)} runs trained with the memories' chunk steps compiled "
-                 "(`run_all.py --compile-chunks`), which agrees with eager training to rounding.\n")
+                 "(`run_all.py --compile-chunks`): each step agrees with eager training to rounding, and over a "
+                 "run those differences grow no more than any other rounding difference (a chaotic row such as "
+                 "w/o DGD amplifies them; design.md S11).\n")
     if stored_only and (missing := unstored(budget, tuple(tables or TABLES), results)):
         text = (f"**Partial**: {len(results)} runs stored, {missing} not yet; the same command without "
                 "`--stored-only` trains the rest (each family's grid rates on the first seed, then its other "
