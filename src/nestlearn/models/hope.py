@@ -14,7 +14,7 @@ Table 6 ablations as config overrides (NL-L §9.6, spec §9.8):
 * w/o DGD: ``model.selfmod.inner_rule=gd``;  w/o momentum: ``model.selfmod.momentum=off``;
 * w/o weight decay: ``model.selfmod.weight_decay=false``;
 * w/o inner-projection k / v: ``model.selfmod.adaptive_k=false`` / ``model.selfmod.adaptive_v=false``
-  (static linear projections); with adaptive q: ``model.selfmod.adaptive_q=true`` (D10);
+  (static linear projections); w/o inner-projection q: ``model.selfmod.adaptive_q=false`` (D10);
 * w/o CMS: ``model.use_cms=false`` replaces the CMS chain by one static pre-norm residual SwiGLU MLP
   (the MLP of Transformer++ and Titans), so the block keeps a channel mixer but nothing in it learns
   in context [Interp: the paper does not say what replaces CMS].

@@ -2,9 +2,9 @@
 
 Three tables, all byte-level KJV (data.md §1), equal tokens for every row, validation bits per byte:
 
-* **models**: Transformer++, Titans, Gated DeltaNet, Hope-Attention and Hope at equal non-embedding parameters (the
-  baselines' widths, then their MLP hidden widths, are searched to match Hope's count to a fraction of a
-  percent; NL-L Table 2 is the paper's counterpart);
+* **models**: Transformer++, Titans, Gated DeltaNet, Hope-Attention and Hope at equal non-embedding parameters
+  (each family's width, then its MLP hidden width, is searched to match the budget's count to a fraction
+  of a percent; NL-L Table 2 is the paper's counterpart);
 * **ablations**: Hope with each Table-6 switch flipped (NL-L §9.6, spec §9.8), plus the literal
   spec's unnormalised v (``selfmod.v_norm = "none"``; the project's default is ``"l2"``) and each
   stability and range switch of docs/design.md (S1–S5) set back to the paper's literal reading;
@@ -20,6 +20,7 @@ and the peak resident memory of the process that trained it (each row runs in a 
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import hashlib
 import json
 import math
@@ -56,7 +57,7 @@ ABLATIONS: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("no_cms", "w/o CMS", {"use_cms": False}),
     ("static_k", "w/o inner-projection k (static k)", {"selfmod": {"adaptive_k": False}}),
     ("static_v", "w/o inner-projection v (static v)", {"selfmod": {"adaptive_v": False}}),
-    ("adaptive_q", "with adaptive q (Table 6's 'w/o inner-projection q' is our default)", {"selfmod": {"adaptive_q": True}}),
+    ("static_q", "w/o inner-projection q (static q)", {"selfmod": {"adaptive_q": False}}),
     ("v_norm_none", "v_norm = none (spec §5.7 literally; the default is l2)", {"selfmod": {"v_norm": "none"}}),
     # Not Table 6: the stability and range switches (docs/design.md S1–S5) at the paper's reading.
     ("momentum_scaled", "momentum S ← βS + g (S1 'scaled')", {"selfmod": {"momentum_form": "scaled"}}),
@@ -72,7 +73,10 @@ class Budget:
     """Model size and training budget shared by every row.
 
     Attributes:
-        d_model, n_layers: Hope's size; the baselines get Hope's parameter count.
+        d_model, n_layers: Hope's size where ``parameters`` is None, and every family's depth.
+        parameters: the non-embedding parameter count every models-table family is matched to (Hope
+            too, through its CMS hidden width); None: Hope's count at ``d_model``. A fixed count keeps
+            the baselines' rows (and their stored cells) unchanged when a Hope default changes its size.
         seq_len, batch_size, steps, warmup_steps, lr: training (AdamW, weight decay 0.1, cosine); ``lr``
             is the rate of the ablation and signal rows.
         lrs: the models table's learning-rate grid: every family trains its first seed at each rate,
@@ -103,13 +107,15 @@ class Budget:
     selfmod_chunks: tuple[int, int] = (16, 64)
     threads: int = 1
     lrs: tuple[float, ...] = (3e-3,)
+    parameters: int | None = None
 
 
 QUICK = Budget(d_model=48, n_layers=2, seq_len=64, batch_size=4, steps=40, warmup_steps=5, lr=3e-3,
                eval_tokens=4096, seeds=(0,), signal_seeds=(0,), chunk_sizes=(32, 16, 8), selfmod_chunks=(8, 16))
 FULL = Budget(d_model=64, n_layers=2, seq_len=512, batch_size=4, steps=1000, warmup_steps=100, lr=3e-3,
               eval_tokens=32768, seeds=(0, 1, 2), signal_seeds=(0, 1, 2), chunk_sizes=(256, 64, 16),
-              lrs=(1e-3, 3e-3, 6e-3, 1e-2))  # 1e-2: three families did best at 6e-3, the top of the first grid
+              lrs=(1e-3, 3e-3, 6e-3, 1e-2),  # 1e-2: three families did best at 6e-3, the top of the first grid
+              parameters=339_000)
 
 
 @dataclass(frozen=True)
@@ -130,15 +136,25 @@ class Row:
 
 
 def hope_model(budget: Budget, **overrides: Any) -> dict[str, Any]:
-    """Hope's model config for ``budget`` with nested ``overrides`` merged in."""
+    """Hope's model config for ``budget`` (matched to ``budget.parameters`` when set) with nested
+    ``overrides`` merged in."""
+    model = json.loads(_hope_base(budget))
+    for key, value in overrides.items():
+        model[key] = {**model.get(key, {}), **value} if isinstance(value, dict) else value
+    return model
+
+
+@functools.lru_cache(maxsize=8)
+def _hope_base(budget: Budget) -> str:
+    """Hope's model config for ``budget`` as JSON (cached: matching builds several models)."""
     model: dict[str, Any] = {"family": "hope", "d_model": budget.d_model, "n_layers": budget.n_layers,
                              "max_seq_len": budget.seq_len,
                              "selfmod": {"chunk_size_memory": budget.selfmod_chunks[0],
                                          "chunk_size_other": budget.selfmod_chunks[1]},
                              "cms": {"chunk_sizes": list(budget.chunk_sizes)}}
-    for key, value in overrides.items():
-        model[key] = {**model.get(key, {}), **value} if isinstance(value, dict) else value
-    return model
+    if budget.parameters is not None:
+        model = match_parameters(model, budget.parameters)[0]
+    return json.dumps(model)
 
 
 def non_embedding_parameters(model: dict[str, Any], vocab_size: int = 256) -> int:
@@ -169,7 +185,7 @@ def plan(budget: Budget, best: dict[str, float] | None = None) -> list[Row]:
     while Hope's rate is not known).
     """
     hope = hope_model(budget)
-    target = non_embedding_parameters(hope)
+    target = budget.parameters or non_embedding_parameters(hope)
     models = []
     for family, label in (("transformer", "Transformer++"), ("titans", "Titans"), ("gated_deltanet", "Gated DeltaNet"),
                           ("hope_attention", "Hope-Attention")):
@@ -481,7 +497,10 @@ def run(budget: Budget, out_dir: Path, tables: tuple[str, ...] = TABLES,
     row's behaviour digest (:func:`cell_digest`): an interrupted run resumes, and a code change
     retrains only the rows whose first steps it changes.
     """
-    settings = {k: v for k, v in asdict(budget).items() if k not in ("seeds", "signal_seeds", "ablation_seeds", "lrs")}
+    # ``parameters`` only sizes the models, whose configs the digest holds: a changed target reruns
+    # exactly the rows whose config it changes.
+    settings = {k: v for k, v in asdict(budget).items()
+                if k not in ("seeds", "signal_seeds", "ablation_seeds", "lrs", "parameters")}
 
     def train(rows: list[Row], stored: bool = stored_only) -> list[dict[str, Any]]:
         cells = {r.name: (asdict(r), asdict(budget), str(out_dir / "runs"), isolate) for r in rows}

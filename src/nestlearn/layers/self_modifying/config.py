@@ -34,7 +34,8 @@ class SelfModConfig:
             weight with that weight's own input p (design.md S3).
         retain: ``"initial"`` (decay toward the meta-learned initial state) or ``"zero"`` (design.md S4).
         write_bound: bound τ on the norm of each token's gradient per weight, 0 for none (design.md S5).
-        adaptive_q: q from a self-modifying memory instead of W_q (D10; ablation "w/o inner-projection q").
+        adaptive_q: q from a self-modifying memory (the default, D10); False is the static W_q of the text
+            under Eq 85 and Table 6's ablation "w/o inner-projection q".
         adaptive_k, adaptive_v: k, v from self-modifying memories; False replaces them by static linear
             projections (ablations "w/o inner-projection k / v", Table 6).
         conv: ``"qkv"`` (depthwise conv on q, k, v), ``"input"`` (one conv on the input of all
@@ -71,7 +72,7 @@ class SelfModConfig:
     step_norm: str = "bounded"
     retain: str = "zero"
     write_bound: float = 1.0
-    adaptive_q: bool = False
+    adaptive_q: bool = True
     adaptive_k: bool = True
     adaptive_v: bool = True
     conv: str = "qkv"
