@@ -36,6 +36,14 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture(autouse=True)
+def _no_flush_denormal():
+    """A Trainer on CPU sets flush-to-zero for its process (``train.flush_denormal``); turned off again
+    after each test, so no test sees another's setting (hypothesis refuses to draw floats under it)."""
+    yield
+    torch.set_flush_denormal(False)
+
+
 @pytest.fixture
 def fit_batch():
     """``fit(model, tokens, steps, lr)``: AdamW on one repeated batch (B, T+1); returns every step's loss."""

@@ -211,9 +211,12 @@ def _static_block(layer: SelfModifyingTitans, x: torch.Tensor) -> torch.Tensor:
     h, dh = layer.n_heads, layer.head_dim
     init = {g: dict(layer.initial[g]) for g in layer.groups}
     xh = x.view(b, t, h, dh).transpose(1, 2)
-    gen = memory_apply(layer.specs["proj"], init["proj"], xh.repeat(1, 2, 1, 1))
-    k_raw, v_raw = (o.transpose(1, 2).reshape(b, t, d) for o in gen.chunk(2, dim=1))
-    raw = torch.cat((layer.static(x), k_raw, v_raw), dim=-1)
+    n = len(layer.proj_names)
+    gen = memory_apply(layer.specs["proj"], init["proj"], xh.repeat(1, n, 1, 1))
+    parts = dict(zip(layer.proj_names, (o.transpose(1, 2).reshape(b, t, d) for o in gen.chunk(n, dim=1))))
+    if layer.static is not None:
+        parts.update(zip(layer.static_names, layer.static(x).chunk(len(layer.static_names), dim=-1)))
+    raw = torch.cat([parts[name] for name in ("q", "k", "v")], dim=-1)
     conv = F.conv1d(F.pad(raw.transpose(1, 2), (3, 0)), layer.conv.weight, groups=3 * d).transpose(1, 2)
     q = F.silu(conv[..., :d]).view(b, t, h, dh).transpose(1, 2)  # k and v only feed the (zero) writes
     o = memory_apply(layer.specs["mem"], init["mem"], F.normalize(q, dim=-1))
@@ -241,8 +244,9 @@ def test_zero_inner_learning_rate_is_static():
 
 def test_stopgrad_same_forward_and_no_gradient_to_write_only_parameters():
     torch.manual_seed(0)
-    diff = make_layer()
-    stop = make_layer(write_grad="stopgrad")
+    # With a static q the projection memories (k, v) act only through writes.
+    diff = make_layer(adaptive_q=False)
+    stop = make_layer(write_grad="stopgrad", adaptive_q=False)
     x = make_x(2, 30)
     y_diff, s_diff = diff(x)
     y_stop, s_stop = stop(x)
@@ -259,6 +263,19 @@ def test_stopgrad_same_forward_and_no_gradient_to_write_only_parameters():
     assert conv_grad[:D].abs().max() > 0 and conv_grad[D:].abs().max().item() == 0
     assert stop.initial["mem"]["W1"].grad.abs().max() > 0
     assert stop.static.weight.grad.abs().max() > 0
+
+
+def test_stopgrad_adaptive_q_learns_only_the_q_projection_memory():
+    """With q from a projection memory (the default), the q memory's initial state feeds the reads and
+    learns; the k and v memories still act only through writes (D3)."""
+    torch.manual_seed(0)
+    stop = make_layer(write_grad="stopgrad")
+    assert stop.proj_names == ("k", "v", "q")
+    stop(make_x(2, 30))[0].pow(2).sum().backward()
+    h = stop.n_heads
+    for n in ("W1", "W2"):
+        grad = stop.initial["proj"][n].grad
+        assert grad[:2 * h].abs().max().item() == 0 and grad[2 * h:].abs().max() > 0, n
 
 
 def test_boundary_read_equals_intra_chunk_at_chunk_one():
