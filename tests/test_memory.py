@@ -374,3 +374,21 @@ def test_compiled_chunk_step_equals_the_eager_one(make_inputs):
     finally:
         compile_chunk_step(None)
     assert_runs_close(*results)
+
+
+def test_compiled_chunk_step_compiles_more_shapes_than_dynamos_default():
+    """Hope needs a dozen graphs of the chunk step; past dynamo's default limit of 8 the rest would
+    run eagerly without a word."""
+    from torch._dynamo.utils import counters
+
+    spec = MemorySpec(kind="linear", rule="gd", chunk_size=4)
+    torch._dynamo.reset()
+    counters.clear()
+    try:
+        compile_chunk_step("aot_eager")
+        for n in range(1, 11):  # ten lengths below one chunk: ten shapes of the one chunk step
+            state = init_memory_state(spec, {"W": torch.zeros(3, 3)}, 2)
+            memory_scan(spec, state, *(torch.randn(2, n, 3) for _ in range(3)), torch.full((2, n), 0.1))
+    finally:
+        compile_chunk_step(None)
+    assert counters["stats"]["unique_graphs"] >= 10

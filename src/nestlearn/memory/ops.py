@@ -376,6 +376,9 @@ def _chunk(spec: MemorySpec, cur: State, mom: State, grad_at: State, q: Tensor, 
 
 
 _backend: dict[str, str | None] = {"name": None}
+# Graphs of the chunk step one process may compile: every memory spec, chunk shape and mode (forward
+# only, a last chunk without end state, an evaluation batch) is one.
+RECOMPILE_LIMIT = 64
 _compiled: dict[tuple, object] = {}
 
 
@@ -391,8 +394,17 @@ def compile_chunk_step(backend: str | None = "inductor") -> None:
     on CPU, with a C++ compiler for ``"inductor"``); a run then pays off only if it is long. Results
     agree with the eager step to rounding (tests/test_memory.py, tests/test_cms.py).
     ``train.compile_chunks`` sets it.
+
+    Turning it on raises dynamo's per-function recompile limit of the process to at least
+    :data:`RECOMPILE_LIMIT`: Hope's training step alone needs 12 graphs of the chunk step at the LM
+    section's sizes, and at dynamo's default of 8 the rest ran eagerly (measured: 2.3 against 1.25 s
+    per step, docs/performance.md).
     """
     _backend["name"] = backend
+    if backend is not None:
+        config = torch._dynamo.config
+        name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"  # torch < 2.6
+        setattr(config, name, max(getattr(config, name), RECOMPILE_LIMIT))
 
 
 def chunk_compile_backend() -> str | None:
