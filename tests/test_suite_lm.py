@@ -208,3 +208,22 @@ def test_peak_memory_is_the_process_own_and_an_unmeasured_peak_prints_a_dash():
     signals = {**row, "table": "signals", "key": "kv"}
     text = markdown(summarise([row, signals]), QUICK, "cmd")
     assert "| kv | defaults | 0 | 2.0000 ± 0.0000 | 2.000 | 1 | — |" in text
+
+
+def test_default_signal_rows_reuse_hopes_models_runs(tmp_path, monkeypatch):
+    """The kv rows of the signal table are Hope's own seeds at its rate: taken, not trained again."""
+    from nestlearn.eval.suite import lm
+
+    budget = replace(QUICK, d_model=16, steps=1, warmup_steps=1, seq_len=16, batch_size=2, eval_tokens=64,
+                     chunk_sizes=(8, 4), selfmod_chunks=(4, 8), threads=1, lrs=(1e-3,), seeds=(0,),
+                     signal_seeds=(0,))
+    grid = run(budget, tmp_path, tables=("models",), isolate=False)
+    trained = []
+    real = lm.train_row
+    monkeypatch.setattr(lm, "train_row", lambda row, *a: trained.append(row) or real(row, *a))
+    rows = run(budget, tmp_path, tables=("signals",), isolate=False)
+    assert sorted(r["key"] for r in trained) == ["lss", "optimizer"]
+    hope = next(r for r in grid if r["key"] == "hope")
+    kv = next(r for r in rows if r["table"] == "signals" and r["key"] == "kv")
+    assert kv["result"] == hope["result"] and kv["model"] == hope["model"]
+    assert lm.unstored(budget, ("signals",), rows) == 0

@@ -203,12 +203,25 @@ def plan(budget: Budget, best: dict[str, float] | None = None) -> list[Row]:
         for seed in budget.ablation_seeds:
             rows.append(Row("ablations", key, label, hope_model(budget, **overrides), seed, lr=hope_lr))
     for signal in SIGNALS:
-        cms: dict[str, Any] = {"signal": signal}
+        # The default signal's rows are Hope's own model, so run() takes them from the models table.
+        cms: dict[str, Any] = {} if signal == _default_signal() else {"signal": signal}
         if signal == "optimizer":
             cms["step_periods"] = list(budget.step_periods)
         for seed in budget.signal_seeds:
             rows.append(Row("signals", signal, f"cms.signal = {signal}", hope_model(budget, cms=cms), seed, lr=hope_lr))
     return rows
+
+
+def _default_signal() -> str:
+    from nestlearn.layers.cms.config import CMSConfig
+
+    return CMSConfig().signal
+
+
+def _same_run(row: Row | dict[str, Any]) -> tuple[str, int, float | None]:
+    """What a row trains: two rows with equal keys are one run."""
+    r = asdict(row) if isinstance(row, Row) else row
+    return json.dumps(r["model"], sort_keys=True), r["seed"], r["lr"]
 
 
 def best_rates(results: list[dict[str, Any]]) -> dict[str, float]:
@@ -517,7 +530,12 @@ def run(budget: Budget, out_dir: Path, tables: tuple[str, ...] = TABLES,
     later = [r for r in plan(budget, best_rates(grid)) if r.name not in known]
     if "models" not in tables:  # the stored seeds of the models table, which the ablations compare with
         grid += train([r for r in later if r.table == "models"], True)
-    return grid + train([r for r in later if r.table in tables])
+    # A row that trains what a models-table row trained (the default CMS signal's rows are Hope's
+    # seeds) takes that row's result instead of training it again.
+    known_runs = {_same_run(r): r["result"] for r in grid}
+    rows = [r for r in later if r.table in tables]
+    shared = [{**asdict(r), "result": known_runs[_same_run(r)]} for r in rows if _same_run(r) in known_runs]
+    return grid + shared + train([r for r in rows if _same_run(r) not in known_runs])
 
 
 def unstored(budget: Budget, tables: tuple[str, ...], results: list[dict[str, Any]]) -> int:
