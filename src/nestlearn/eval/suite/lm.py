@@ -64,7 +64,7 @@ ABLATIONS: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("eigen_positive", "step range (0, 1] (S2 'positive')", {"selfmod": {"eigen": "positive"}}),
     ("step_norm_none", "no per-weight step normalisation (S3)", {"selfmod": {"step_norm": "none"}}),
     ("no_write_bound", "no write bound (S5)", {"selfmod": {"write_bound": 0.0}}),
-    ("retain_initial", "retention toward W₀ (S4 'initial')", {"selfmod": {"retain": "initial"}}),
+    ("retain_zero", "retention toward zero (S4 'zero', the paper's Eq 88)", {"selfmod": {"retain": "zero"}}),
 )
 
 

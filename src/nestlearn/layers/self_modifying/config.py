@@ -32,7 +32,8 @@ class SelfModConfig:
             negative eigenvalues (design.md S2).
         step_norm: ``"none"``, ``"implicit"`` (η/(1 + η‖p‖²)) or ``"bounded"`` (η/max(1, ‖p‖²)), per
             weight with that weight's own input p (design.md S3).
-        retain: ``"initial"`` (decay toward the meta-learned initial state) or ``"zero"`` (design.md S4).
+        retain: ``"initial"`` (decay toward the meta-learned initial state; the default) or ``"zero"``
+            (Eq 88's decay toward the zero map) (design.md S4).
         write_bound: bound τ on the norm of each token's gradient per weight, 0 for none (design.md S5).
         adaptive_q: q from a self-modifying memory (the default, D10); False is the static W_q of the text
             under Eq 85 and Table 6's ablation "w/o inner-projection q".
@@ -70,7 +71,7 @@ class SelfModConfig:
     momentum_form: str = "ema"
     eigen: str = "signed"
     step_norm: str = "bounded"
-    retain: str = "zero"
+    retain: str = "initial"
     write_bound: float = 1.0
     adaptive_q: bool = True
     adaptive_k: bool = True
