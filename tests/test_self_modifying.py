@@ -407,3 +407,17 @@ def test_shared_keys_broadcast_equals_repeated_memories(name):
     rep = [t.repeat(1, 3, *[1] * (t.dim() - 2)).flatten(1, 2) for t in shared]
     _, s_flat = memory_scan(spec, flat, rep[0], *rep, outputs=False, self_values=True)
     assert max_diff({n: t.flatten(1, 2) for n, t in s.items()}, s_flat) < 1e-12
+
+
+def test_hope_retains_toward_w0_by_default_and_configs_stored_without_the_field_load_as_trained():
+    from nestlearn.models.lm import model_config_from_dict, model_config_to_dict
+
+    new = model_config_from_dict({"family": "hope"})
+    assert new.selfmod.retain == "initial" and new.selfmod.adaptive_q
+    stored = model_config_to_dict(new)
+    for field in ("retain", "adaptive_q"):  # a config written before the field existed
+        del stored["selfmod"][field]
+    old = model_config_from_dict(stored, stored=True).selfmod
+    assert old.retain == "zero" and not old.adaptive_q
+    user = model_config_from_dict(stored).selfmod  # a user's config takes today's defaults
+    assert user.retain == "initial" and user.adaptive_q

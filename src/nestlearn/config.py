@@ -57,8 +57,9 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
-def _convert(value: Any, tp: Any, field: str) -> Any:
-    """Check ``value`` against the annotation ``tp`` and return it in that type."""
+def _convert(value: Any, tp: Any, field: str, stored: bool = False) -> Any:
+    """Check ``value`` against the annotation ``tp`` and return it in that type (``stored``: as
+    :func:`from_dict`'s, passed on to nested configs)."""
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
@@ -69,7 +70,7 @@ def _convert(value: Any, tp: Any, field: str) -> Any:
             if arg is type(None):
                 continue
             try:
-                return _convert(value, arg, field)
+                return _convert(value, arg, field, stored)
             except ConfigError as err:
                 errors.append(err)
         raise ConfigError(field, f"expected {_type_name(tp)}, got {value!r}")
@@ -88,7 +89,7 @@ def _convert(value: Any, tp: Any, field: str) -> Any:
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, Mapping):
             raise ConfigError(field, f"expected a mapping of {tp.__name__} fields, got {value!r}")
-        return from_dict(tp, value, prefix=field)
+        return from_dict(tp, value, prefix=field, stored=stored)
     if tp is Any:
         return value
     if tp is bool:
@@ -145,7 +146,7 @@ def from_dict(cls: type[T], data: Mapping[str, Any], prefix: str = "", stored: b
         if key not in fields:
             continue
         name = f"{prefix}.{key}" if prefix else key
-        kwargs[key] = _convert(value, hints[key], name)
+        kwargs[key] = _convert(value, hints[key], name, stored)
     obj = cls(**kwargs)
     validate = getattr(obj, "validate", None)
     if validate is not None:

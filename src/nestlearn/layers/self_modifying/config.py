@@ -58,6 +58,8 @@ class SelfModConfig:
     # that normalisation by its own input (design.md S3), so the switch was removed.
     REMOVED_FIELDS: ClassVar[dict[str, tuple[Any, str]]] = {
         "dgd_normalize": (False, "use model.selfmod.step_norm: implicit (Eq 57 per weight, design.md S3)")}
+    # What a stored config without these fields computed: they were added with other defaults later.
+    LEGACY_VALUES: ClassVar[dict[str, Any]] = {"retain": "zero", "adaptive_q": False}
 
     write_grad: str = "differentiable"
     chunk_size_memory: int = 16
