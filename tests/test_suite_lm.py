@@ -215,15 +215,16 @@ def test_default_signal_rows_reuse_hopes_models_runs(tmp_path, monkeypatch):
     from nestlearn.eval.suite import lm
 
     budget = replace(QUICK, d_model=16, steps=1, warmup_steps=1, seq_len=16, batch_size=2, eval_tokens=64,
-                     chunk_sizes=(8, 4), selfmod_chunks=(4, 8), threads=1, lrs=(1e-3,), seeds=(0,),
-                     signal_seeds=(0,))
-    grid = run(budget, tmp_path, tables=("models",), isolate=False)
+                     chunk_sizes=(8, 4), selfmod_chunks=(4, 8), threads=1, lrs=(1e-3,), seeds=(0, 1),
+                     signal_seeds=(0, 1))
+    run(budget, tmp_path, tables=("models",), isolate=False)
     trained = []
     real = lm.train_row
     monkeypatch.setattr(lm, "train_row", lambda row, *a: trained.append(row) or real(row, *a))
     rows = run(budget, tmp_path, tables=("signals",), isolate=False)
-    assert sorted(r["key"] for r in trained) == ["lss", "optimizer"]
-    hope = next(r for r in grid if r["key"] == "hope")
-    kv = next(r for r in rows if r["table"] == "signals" and r["key"] == "kv")
-    assert kv["result"] == hope["result"] and kv["model"] == hope["model"]
+    assert sorted(r["key"] for r in trained) == ["lss", "lss", "optimizer", "optimizer"]
+    for seed in (0, 1):  # the first seed from the grid, the second from the seeds at the chosen rate
+        hope = next(r for r in rows if r["table"] == "models" and r["key"] == "hope" and r["seed"] == seed)
+        kv = next(r for r in rows if r["table"] == "signals" and r["key"] == "kv" and r["seed"] == seed)
+        assert kv["result"] == hope["result"] and kv["model"] == hope["model"]
     assert lm.unstored(budget, ("signals",), rows) == 0

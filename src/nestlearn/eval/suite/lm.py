@@ -528,12 +528,12 @@ def run(budget: Budget, out_dir: Path, tables: tuple[str, ...] = TABLES,
     grid = train([r for r in plan(budget) if r.table == "models"], stored_only or "models" not in tables)
     known = {Row(**{k: v for k, v in r.items() if k != "result"}).name for r in grid}
     later = [r for r in plan(budget, best_rates(grid)) if r.name not in known]
-    if "models" not in tables:  # the stored seeds of the models table, which the ablations compare with
-        grid += train([r for r in later if r.table == "models"], True)
+    # The other seeds of the models table (stored only, without that table: the ablations compare with them).
+    grid += train([r for r in later if r.table == "models"], stored_only or "models" not in tables)
     # A row that trains what a models-table row trained (the default CMS signal's rows are Hope's
     # seeds) takes that row's result instead of training it again.
     known_runs = {_same_run(r): r["result"] for r in grid}
-    rows = [r for r in later if r.table in tables]
+    rows = [r for r in later if r.table in tables and r.table != "models"]
     shared = [{**asdict(r), "result": known_runs[_same_run(r)]} for r in rows if _same_run(r) in known_runs]
     return grid + shared + train([r for r in rows if _same_run(r) not in known_runs])
 
