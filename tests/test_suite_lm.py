@@ -228,3 +228,28 @@ def test_default_signal_rows_reuse_hopes_models_runs(tmp_path, monkeypatch):
         kv = next(r for r in rows if r["table"] == "signals" and r["key"] == "kv" and r["seed"] == seed)
         assert kv["result"] == hope["result"] and kv["model"] == hope["model"]
     assert lm.unstored(budget, ("signals",), rows) == 0
+
+
+def test_the_digest_holds_the_resolved_config_not_the_config_as_written(tmp_path, monkeypatch):
+    """A default that changes without moving the first two losses still changes the digest, and a
+    default written out explicitly does not."""
+    from dataclasses import asdict
+
+    from nestlearn.eval.suite import lm
+
+    budget = asdict(replace(QUICK, steps=2, warmup_steps=1, seq_len=16, batch_size=2, threads=1))
+    row = {"table": "models", "key": "transformer", "label": "t", "seed": 0, "lr": 1e-3,
+           "model": {"family": "transformer", "d_model": 16, "n_layers": 1, "max_seq_len": 64}}
+    digest = lm.cell_digest(row, budget, str(tmp_path))
+    explicit = {**row, "model": {**row["model"], "norm_eps": 1e-6}}  # LMConfig's default, written out
+    assert lm.cell_digest(explicit, budget, str(tmp_path)) == digest
+
+    real = lm._run_config
+
+    def longer_default(row, b, run_dir):  # as if the default max_seq_len had changed: same losses
+        config = real({**row, "model": {k: v for k, v in row["model"].items() if k != "max_seq_len"}}, b, run_dir)
+        config.model = replace(config.model, max_seq_len=128)
+        return config
+
+    monkeypatch.setattr(lm, "_run_config", longer_default)
+    assert lm.cell_digest(row, budget, str(tmp_path)) != digest

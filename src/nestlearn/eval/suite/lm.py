@@ -38,7 +38,7 @@ import torch
 from nestlearn.eval.suite import Section
 from nestlearn.eval.suite.common import run_cells, worker_settings, worker_setup
 from nestlearn.memory import chunk_compile_backend
-from nestlearn.models.lm import match_parameters
+from nestlearn.models.lm import match_parameters, model_config_to_dict
 
 SIGNALS = ("kv", "lss", "optimizer")
 TABLES = ("models", "ablations", "signals")
@@ -255,20 +255,25 @@ def _run_config(row: dict[str, Any], b: Budget, run_dir: Path) -> Any:
 
 
 def cell_digest(row: dict[str, Any], budget: dict[str, Any], out_dir: str, isolate: bool = True) -> str:
-    """The behaviour digest of one row: its model config and the losses of its first two training
-    steps, to 4 significant digits (the LM counterpart of :func:`~nestlearn.eval.suite.common.behaviour_digest`).
+    """The behaviour digest of one row: its resolved model config and the losses of its first two
+    training steps, to 4 significant digits (the LM counterpart of
+    :func:`~nestlearn.eval.suite.common.behaviour_digest`).
 
     A code change that alters what a row computes (model, initialisation, data, training loop)
-    changes the digest, so :func:`run` trains that row again and reuses the others.
+    changes the digest, so :func:`run` trains that row again and reuses the others. The config is
+    the resolved one, every default filled in: a changed default whose effect the first two losses
+    do not show at 4 digits still reruns the rows it applies to.
     """
     import tempfile
 
     from nestlearn.train import Trainer
 
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = Trainer(_run_config(row, _budget(budget), Path(tmp)), progress=False)
+        config = _run_config(row, _budget(budget), Path(tmp))
+        trainer = Trainer(config, progress=False)
         losses = [trainer.train_step()["loss"] for _ in range(2)]
-    text = json.dumps(row["model"], sort_keys=True) + "|" + ",".join(f"{v:.4g}" for v in losses)
+    text = (json.dumps(model_config_to_dict(config.model), sort_keys=True, default=str) + "|"
+            + ",".join(f"{v:.4g}" for v in losses))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
