@@ -3,10 +3,9 @@
 from dataclasses import asdict
 from pathlib import Path
 
+from nestlearn.eval.suite.common import _SIZE_FIELDS as SIZES
 from nestlearn.eval.suite.common import suite_config
 from nestlearn.train.config import load_run_config
-
-SIZES = ("d_model", "n_layers", "max_seq_len", "vocab_size")
 
 
 def test_the_hope_formal_row_is_configs_hope_formal_yaml():
