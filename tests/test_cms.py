@@ -190,16 +190,17 @@ def test_hope_attention_model_streams_and_trains(fit_batch):
     assert losses[-1] < 0.5 * losses[0]
 
 
-def test_bounded_step_keeps_a_level_with_a_large_output_layer_finite():
+@pytest.mark.parametrize("form, output", [("mlp", "w_out"), ("swiglu", "w_down")])
+def test_bounded_step_keeps_a_level_with_a_large_output_layer_finite(form, output):
     """design.md S3 (CMS): W_in's step divided by its curvature ‖n(k)‖²·‖∂F/∂p‖² stays finite where a
     step scaled by the input alone (D13's 1/(C·d)) runs away once W_out's gain is large."""
     x = 10 * torch.randn(2, 2048, 16, generator=torch.Generator().manual_seed(0))
     finite = {}
     for step in ("bounded", "none"):
         torch.manual_seed(0)
-        cms = CMS(16, CMSConfig(chunk_sizes=(4,), hidden_mult=2, eta_init=0.9, step_norm=step))
+        cms = CMS(16, CMSConfig(chunk_sizes=(4,), hidden_mult=2, eta_init=0.9, step_norm=step, level_form=form))
         with torch.no_grad():
-            cms.levels[0].w_out.normal_(0, 3.0)  # a gain ‖W_out‖² far above 1, as after training
+            getattr(cms.levels[0], output).normal_(0, 3.0)  # a gain ‖W_out‖² far above 1, as after training
             y, state = cms(x)
         finite[step] = bool(torch.isfinite(y).all())
         if step == "bounded":

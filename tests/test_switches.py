@@ -21,12 +21,14 @@ from nestlearn.switches import (
 from nestlearn.train.config import load_run_config
 
 OPTIMIZERS = ("adamw", "muon", "m3", "dmgd", "delta", "precond", "dgd")
+# Switches whose values need another switch off its default: σ is chosen only in the mlp level form.
+COMPANIONS = {"model.cms.activation": {"cms": {"level_form": "mlp"}}}
 
 
 def _run(path: str, value, family: str = "hope", optim: str = "adamw"):
     """A run config dict for ``family`` with ``path`` set to ``value`` (validated)."""
     section, _, rest = path.partition(".")
-    data: dict = {"model": {"family": family}, "optim": {"name": optim}}
+    data: dict = {"model": {"family": family, **COMPANIONS.get(path, {})}, "optim": {"name": optim}}
     node = data.setdefault(section, {})
     *parents, leaf = rest.split(".")
     for part in parents:

@@ -43,6 +43,11 @@ class CompressionModel(nn.Module):
         self.decoder = nn.Sequential(RMSNorm(d), nn.Linear(d, d), nn.GELU(), RMSNorm(d), nn.Linear(d, d), nn.GELU(),
                                      RMSNorm(d), nn.Linear(d, num_classes))
 
+    @property
+    def config(self):
+        """The encoder's config: the decoder's shape follows from it and the classes (cell digests hash it)."""
+        return self.encoder.config
+
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """tokens: (B, T) ids -> (B, T, num_classes) logits of the token at every position."""
         enc = self.encoder

@@ -47,7 +47,8 @@ _FAMILY_SETTINGS: dict[str, dict[str, Any]] = {
 # section of configs/hope-formal.yaml (docs/design.md S8).
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "deltanet_signed": ("deltanet", {"eigen": "signed"}),
-    "hope_formal": ("hope", {"selfmod": {"momentum": "off", "chunk_size_other": 128}, "cms": {"chunk_sizes": [512]}}),
+    "hope_formal": ("hope", {"selfmod": {"momentum": "off", "chunk_size_other": 128},
+                             "cms": {"chunk_sizes": [512], "level_form": "mlp"}}),
 }
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
@@ -30,6 +31,7 @@ from nestlearn.data.synthetic.mad import MAD_BASELINES
 from nestlearn.eval.suite import Section
 from nestlearn.eval.suite.common import (
     NAMES,
+    behaviour_digest,
     command,
     nonfinite,
     pct,
@@ -123,17 +125,29 @@ def batch_order(n: int, steps: int, batch_size: int, seed: int) -> np.ndarray:
     return np.concatenate([rng.permutation(n) for _ in range(passes)])[: steps * batch_size].reshape(steps, batch_size)
 
 
-def run_cell(s: MADSettings, seed: int, task: str, lr: float, family: str) -> dict[str, Any]:
-    """Train one family on one task at one learning rate; test accuracy and the run's bookkeeping."""
+def _setup(s: MADSettings, seed: int, task: str, family: str) -> tuple[Callable[[int], TaskBatch], TaskBatch, Any, int]:
+    """(training batch of each step, test set, fresh model, training-set size) of one cell."""
     count = s.train_count or MAD_BASELINES[task].train_count
     train, test = task_data(task, count, s.test_count, dict(s.params).get(task, ()), seed)
-    steps = dict(s.steps)[task]
-    order = batch_order(count, steps, s.batch_size, derive_seed(seed, f"{task}/order"))
+    order = batch_order(count, dict(s.steps)[task], s.batch_size, derive_seed(seed, f"{task}/order"))
     longest = max(train.inputs.shape[1], test.inputs.shape[1])
     model = suite_model(family, s.d_model, s.n_layers, longest, train, seed)
+    return (lambda step: replace(train, inputs=train.inputs[order[step]], targets=train.targets[order[step]]),
+            test, model, count)
+
+
+def cell_digest(s: MADSettings, seed: int, task: str, lr: float, family: str) -> str:
+    """The behaviour digest of one cell (common.behaviour_digest on its first training batch)."""
+    batch, _, model, _ = _setup(s, seed, task, family)
+    return behaviour_digest(model, batch(0), lr)
+
+
+def run_cell(s: MADSettings, seed: int, task: str, lr: float, family: str) -> dict[str, Any]:
+    """Train one family on one task at one learning rate; test accuracy and the run's bookkeeping."""
+    batch, test, model, count = _setup(s, seed, task, family)
+    steps = dict(s.steps)[task]
     t0 = time.perf_counter()
-    losses = fit_task(model, lambda step: replace(train, inputs=train.inputs[order[step]],
-                                                  targets=train.targets[order[step]]), steps, lr, clip=1.0)
+    losses = fit_task(model, batch, steps, lr, clip=1.0)
     acc = task_accuracy(model, test)
     return {"accuracy": acc, "seconds": time.perf_counter() - t0, "steps": steps,
             "epochs": steps * s.batch_size / count, "nonfinite_steps": nonfinite(losses), "final_loss": losses[-1],
@@ -152,7 +166,7 @@ def cells_of(s: MADSettings, seed: int) -> dict[str, tuple]:
 def stored_runs(s: MADSettings, out_dir: Path, seed: int = 0) -> dict[str, int]:
     """Family -> how many of its task × rate cells are stored under ``out_dir/cells`` (nothing trains)."""
     done = run_cells(run_cell, cells_of(s, seed), asdict(s), out_dir / "cells", 1, "mad",
-                     ignore=("models", "tasks", "lrs"), stored_only=True)
+                     ignore=("models", "tasks", "lrs"), digest=cell_digest, stored_only=True)
     return {f: sum(cell_name(seed, t, lr, f) in done for t in s.tasks for lr in s.lrs) for f in s.models}
 
 
@@ -160,8 +174,10 @@ def run(s: MADSettings, out_dir: Path, seed: int = 0, jobs: int = 1) -> dict[str
     """Every family × task × learning rate of ``s`` (resumable, families in order); writes ``mad.json``."""
     cells = cells_of(s, seed)
     t0 = time.perf_counter()
-    # A cell's name holds its task, rate and family, so a run of other rows, tasks or rates reuses it.
-    done = run_cells(run_cell, cells, asdict(s), out_dir / "cells", jobs, "mad", ignore=("models", "tasks", "lrs"))
+    # A cell's name holds its task, rate and family, so a run of other rows, tasks or rates reuses it;
+    # its behaviour digest reruns the cells a code change alters.
+    done = run_cells(run_cell, cells, asdict(s), out_dir / "cells", jobs, "mad", ignore=("models", "tasks", "lrs"),
+                     digest=cell_digest)
     runs = {f: {t: {f"{lr:g}": done[cell_name(seed, t, lr, f)] for lr in s.lrs} for t in s.tasks} for f in s.models}
     result = {"settings": asdict(s), "seed": seed, "runs": runs, "seconds": time.perf_counter() - t0,
               "train_seconds": sum(r["seconds"] for r in done.values()), "jobs": jobs}

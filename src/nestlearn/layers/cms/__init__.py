@@ -2,10 +2,11 @@
 
 NL-L §7.1, Eqs 70–74 (spec §6); decisions D13–D17. Level ℓ is the residual MLP
 
-    F_ℓ(x) = x + W_out σ(W_in n(x))                          (``level_form="mlp"``; n: RMSNorm, D15)
-    F_ℓ(x) = x + W_down (SiLU(W_gate n(x)) ⊙ W_up n(x))       (``level_form="swiglu"``, D15)
+    F_ℓ(x) = x + W_down (SiLU(W_gate n(x)) ⊙ W_up n(x))       (``level_form="swiglu"``, the default; n: RMSNorm)
+    F_ℓ(x) = x + W_out σ(W_in n(x))                          (``level_form="mlp"``)
 
-(the SwiGLU form keeps a pre-trained Transformer++ MLP as the level's initial state, spec §6.4).
+(D15: the SwiGLU form is the Transformer++ MLP, and keeps a pre-trained one as the level's initial
+state, spec §6.4).
 The update signal (``signal``, D13) says what changes the level's weights (Eq 71):
 
 * ``"kv"`` and ``"lss"``: the weights (W_in, W_out), resp. (W_gate, W_up, W_down), are a

@@ -31,7 +31,8 @@ class CMSConfig:
         hidden: hidden width of each level; None means ``hidden_mult``·d (stacking sets the
             pre-trained MLP's width).
         activation: σ, ``"silu"`` or ``"gelu"``; the SwiGLU form needs ``"silu"``.
-        level_form: ``"mlp"`` (x + W_out σ(W_in n(x))) or ``"swiglu"`` (x + W_down(SiLU(W_gate n(x)) ⊙ W_up n(x))), D15.
+        level_form: ``"swiglu"`` (x + W_down(SiLU(W_gate n(x)) ⊙ W_up n(x)), the default since 2026-12-07,
+            design.md S11) or ``"mlp"`` (x + W_out σ(W_in n(x))), D15.
         level_assignment: how a model spreads the levels over its layers (D17): ``"every_layer"``
             (every block holds the whole chain) or ``"depth_groups"`` (block i holds one level, the
             one of its contiguous depth group, shallow layers slowest; see :func:`depth_group_chunk_sizes`).
@@ -55,7 +56,7 @@ class CMSConfig:
     hidden_mult: int = 4
     hidden: int | None = None
     activation: str = "silu"
-    level_form: str = "mlp"
+    level_form: str = "swiglu"
     level_assignment: str = "every_layer"
     eta_max: float = 1.0
     eta_init: float = 0.1
