@@ -36,7 +36,7 @@ def test_hope_throughput_quick(bench, tmp_path):
 def test_hope_throughput_overrides_rematch_the_baselines(bench, tmp_path):
     module = bench("hope_throughput")
     base = module.equal_param_configs(True, 32)
-    changed = module.equal_param_configs(True, 32, ["cms.signal=optimizer"])
+    changed = module.equal_param_configs(True, 32, ["cms.signal=optimizer", "cms.hidden_mult=1"])
     assert changed["hope"]["cms"]["signal"] == "optimizer" and "signal" not in module.HOPE_QUICK["cms"]
     fewer = module.non_embedding_params(changed["hope"]) < module.non_embedding_params(base["hope"])
     assert fewer and changed["transformer"]["d_model"] < base["transformer"]["d_model"]

@@ -20,14 +20,21 @@ from nestlearn.train.runlog import read_metrics
 D = 8
 
 
-@pytest.mark.parametrize("variant", ["sequential", "independent"])
-def test_level_steps_every_period_with_the_summed_gradient(variant):
+def matrix(level) -> str:
+    """The name of a level's first weight matrix (the form decides which: w_in or w_gate)."""
+    return next(n for n, p in level.named_parameters() if p.ndim == 2)
+
+
+@pytest.mark.parametrize("variant, form", [("sequential", "swiglu"), ("independent", "swiglu"), ("sequential", "mlp")])
+def test_level_steps_every_period_with_the_summed_gradient(variant, form):
     torch.manual_seed(0)
-    cms = CMS(D, CMSConfig(signal="optimizer", step_periods=(3, 2, 1), hidden_mult=2, variant=variant)).double()
+    cms = CMS(D, CMSConfig(signal="optimizer", step_periods=(3, 2, 1), hidden_mult=2, variant=variant,
+                           level_form=form)).double()
     assert cms.init_state(2) == {} and [lvl.chunk_size for lvl in cms.levels] == [None] * 3
     opt = build_optimizer(cms, OptimConfig(name="adamw", lr=1e-2, weight_decay=0.1))
     assert isinstance(opt, PeriodicOptimizer)
-    assert [(n.split(".")[1], p) for n, _, p in periodic_parameters(cms)] == [("0", 3)] * 3 + [("1", 2)] * 3
+    per_level = len(list(cms.levels[0].parameters()))
+    assert [(n.split(".")[1], p) for n, _, p in periodic_parameters(cms)] == [("0", 3)] * per_level + [("1", 2)] * per_level
     # Reference: plain AdamW per slow level, stepped by hand with the summed gradients.
     refs = {}
     for i, period in ((0, 3), (1, 2)):
@@ -56,7 +63,8 @@ def test_level_steps_every_period_with_the_summed_gradient(variant):
                 assert torch.equal(p, c), (step, i, n)
                 assert torch.equal(p, before[f"levels.{i}.{n}"]) == (step % period != 0), (step, i, n)
                 assert int(opt.state.get(p, {}).get("step", 0)) == step // period
-        assert not torch.equal(cms.levels[2].w_in, before["levels.2.w_in"]), "period 1 steps every time"
+        name = matrix(cms.levels[2])
+        assert not torch.equal(cms.levels[2].get_parameter(name), before[f"levels.2.{name}"]), "period 1 steps every time"
 
 
 def hope_attention(**cms):
@@ -80,7 +88,8 @@ def test_matrix_optimizers_and_state_dict_round_trip(name):
             m(x[:, :-1], targets=x[:, 1:]).loss.backward()
             o.step()
 
-    w = model.blocks[0].cms.levels[0].w_in
+    level = model.blocks[0].cms.levels[0]
+    w = level.get_parameter(matrix(level))
     train(model, opt, data[:1])
     w1 = w.detach().clone()
     train(model, opt, data[1:2])
@@ -99,7 +108,8 @@ def test_matrix_optimizers_and_state_dict_round_trip(name):
 def test_depth_groups_share_out_the_periods():
     model = hope_attention(level_assignment="depth_groups")
     assert [blk.cms.cfg.step_periods for blk in model.blocks] == [(3,), (2,)]
-    assert [p for _, _, p in periodic_parameters(model)] == [3] * 3 + [2] * 3
+    per_level = len(list(model.blocks[0].cms.levels[0].parameters()))
+    assert [p for _, _, p in periodic_parameters(model)] == [3] * per_level + [2] * per_level
 
 
 def trainer_config(out, text, *extra):

@@ -38,11 +38,13 @@ def test_match_width_gives_the_nearest_count_on_the_grid():
         assert abs(non_embedding_parameters({**model, "d_model": other}) - target) >= abs(count - target)
 
 
-def test_every_family_matches_the_budgets_count_within_half_a_percent():
+def test_every_family_matches_the_budgets_count_within_one_percent():
+    # One hidden-width step of 4 moves Hope-Attention's count by 4,608 (three SwiGLU levels of width 64
+    # in two blocks), so the nearest grid point can be 0.7 % away; the issue asks for 3 %.
     target = FULL.parameters
     for row in plan(FULL):
         if row.table == "models":
-            assert abs(non_embedding_parameters(row.model) / target - 1) < 0.005, row.key
+            assert abs(non_embedding_parameters(row.model) / target - 1) < 0.01, row.key
     # Hope reaches the count through its CMS hidden width, and its ablations build on that Hope.
     assert hope_model(FULL)["cms"]["hidden"] != 4 * hope_model(FULL)["d_model"]
     assert hope_model(FULL, use_cms=False)["cms"] == hope_model(FULL)["cms"]
