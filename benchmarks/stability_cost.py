@@ -3,8 +3,8 @@
 Hope is hope-small (d = 256, 4 blocks) and Titans its width-matched baseline, as in
 benchmarks/hope_throughput.py. Each is timed at its defaults (the switches of docs/design.md S1–S5)
 and at the paper's literal reading (Hope: ``momentum_form="scaled"``, ``eigen="positive"``,
-``step_norm="none"``, ``write_bound=0``, ``retain="zero"``; Titans: ``momentum="titans"``,
-``write_bound=0``), the four
+``step_norm="none"``, ``write_bound=0``, ``retain="zero"``, and the CMS levels' ``step_norm="none"``;
+Titans: ``momentum="titans"``, ``write_bound=0``), the four
 training steps interleaved in one run, medians over ``--repeats``. The issue's budget: at most 10 %.
 A step whose loss is not finite fails the run before any time is reported.
 
@@ -23,7 +23,8 @@ from hope_throughput import build, environment, equal_param_configs, train_step_
 from timing import cpu_settings, interleaved_medians
 
 PAPER = {"hope": {"selfmod": {"momentum_form": "scaled", "eigen": "positive", "step_norm": "none", "write_bound": 0.0,
-                             "retain": "zero"}},
+                             "retain": "zero"},
+                  "cms": {"step_norm": "none"}},
          "titans": {"momentum": "titans", "write_bound": 0.0}}
 
 
